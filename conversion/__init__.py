@@ -1,0 +1,1 @@
+"""Checkpoint conversion: GGUF -> HF, HF <-> NeMo 2 (Megatron-Core distributed checkpoint)."""

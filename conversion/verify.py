@@ -1,0 +1,67 @@
+"""Checks that a conversion is exact: Megatron vs HF logits, and tensor-for-tensor equality."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from conversion.convert import load_megatron_from_nemo
+from conversion.hf_checkpoint import SafetensorsReader
+from minitron.runtime import distributed
+from minitron.runtime.inference import forward_logits
+
+SAMPLE_TEXT = (
+    "The capital of France is Paris. Llamas are domesticated South American camelids, widely used "
+    "as meat and pack animals by Andean cultures since the pre-Columbian era. Knowledge distillation "
+    "trains a small student model to match the output distribution of a larger teacher."
+)
+
+
+def hf_logits(hf_dir: str | Path, tokens: torch.Tensor) -> torch.Tensor:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        return model(tokens).logits
+
+
+def tokenize(hf_dir: str | Path, text: str = SAMPLE_TEXT) -> torch.Tensor:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(hf_dir)(text, return_tensors="pt").input_ids
+
+
+def megatron_vs_hf(nemo_dir: str | Path, hf_dir: str | Path, tokens: torch.Tensor,
+                   tensor_parallel: int = 1, pipeline_parallel: int = 1) -> float | None:
+    """Max |logit difference| (fp32) between the NeMo checkpoint run by Megatron at TP/PP and HF.
+
+    Collective: every rank calls it; the value comes back on the last pipeline stage.
+    """
+    distributed.initialize(tensor_parallel, pipeline_parallel)
+    model, _ = load_megatron_from_nemo(nemo_dir, dtype=torch.float32)
+    model.eval()
+    logits = forward_logits(model, tokens.to(distributed.device()))
+    if logits is None:
+        return None
+    return (logits.float().cpu() - hf_logits(hf_dir, tokens)).abs().max().item()
+
+
+def tensor_differences(hf_a: str | Path, hf_b: str | Path) -> list[str]:
+    """Every tensor or config field in which two HF checkpoints differ (bit-level)."""
+    a, b = SafetensorsReader(hf_a), SafetensorsReader(hf_b)
+    diffs = [f"only in {hf_a}: {n}" for n in sorted(set(a.meta) - set(b.meta))]
+    diffs += [f"only in {hf_b}: {n}" for n in sorted(set(b.meta) - set(a.meta))]
+    for name in sorted(set(a.meta) & set(b.meta)):
+        with safe_open(a.meta[name][0], "pt") as fa, safe_open(b.meta[name][0], "pt") as fb:
+            ta, tb = fa.get_tensor(name), fb.get_tensor(name)
+        if ta.dtype != tb.dtype or ta.shape != tb.shape or not torch.equal(ta.view(torch.uint8), tb.view(torch.uint8)):
+            diffs.append(f"tensor {name} differs")
+    ca = json.loads((Path(hf_a) / "config.json").read_text())
+    cb = json.loads((Path(hf_b) / "config.json").read_text())
+    for key in sorted(set(ca) | set(cb)):
+        if ca.get(key) != cb.get(key):
+            diffs.append(f"config {key}: {ca.get(key)!r} != {cb.get(key)!r}")
+    return diffs

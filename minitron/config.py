@@ -1,0 +1,162 @@
+"""Typed YAML configs with ``key=value`` overrides.
+
+Config classes are dataclasses; each field's ``metadata["help"]`` documents it. Loading
+reports *every* problem at once (unknown keys, wrong types) in one error line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+
+import yaml
+
+from minitron.errors import MinitronError
+
+
+def doc(default, help: str, **kw):
+    """A dataclass field with a default and its documentation."""
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kw)
+    if dataclasses.is_dataclass(default) and isinstance(default, type):
+        return dataclasses.field(default_factory=default, metadata={"help": help}, **kw)
+    return dataclasses.field(default=default, metadata={"help": help}, **kw)
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """``["a.b=3", "c=x"]`` -> ``{"a": {"b": 3}, "c": "x"}`` (values parsed as YAML scalars)."""
+    tree: dict = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise MinitronError(f"override {pair!r} is not key=value (e.g. parallel.tensor_parallel=2)")
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            value = raw
+        node = tree
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise MinitronError(f"override {pair!r} conflicts with another override of {p!r}")
+        node[leaf] = value
+    return tree
+
+
+def merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for k, v in update.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise MinitronError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise MinitronError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise MinitronError(f"{path}: top level must be a mapping of keys")
+    return data
+
+
+T = typing.TypeVar("T")
+
+
+def build(cls: type[T], data: dict, source: str = "config") -> T:
+    """Instantiate dataclass `cls` from nested dicts, reporting all problems together."""
+    problems: list[str] = []
+    obj = _build(cls, data, "", problems)
+    if problems:
+        raise MinitronError(f"{source}: " + "; ".join(problems))
+    return obj
+
+
+def load(cls: type[T], path: str | Path | None, overrides: list[str] = ()) -> T:
+    data = load_yaml(path) if path else {}
+    return build(cls, merge(data, parse_overrides(list(overrides))), str(path or "config"))
+
+
+def _build(cls, data, prefix, problems):
+    if not isinstance(data, dict):
+        problems.append(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {data!r}")
+        return None
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key in data:
+        if key not in fields:
+            problems.append(f"unknown key {prefix}{key!r}" + _suggest(key, fields))
+    kwargs = {}
+    for name, f in fields.items():
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                problems.append(f"missing required key {prefix}{name!r}")
+            continue
+        kwargs[name] = _coerce(hints[name], data[name], f"{prefix}{name}", problems)
+    if any(p for p in problems):
+        try:
+            return cls(**kwargs)
+        except TypeError:
+            return None
+    obj = cls(**kwargs)
+    if hasattr(obj, "check"):
+        problems.extend(obj.check())
+    return obj
+
+
+def _coerce(tp, value, key, problems):
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key + ".", problems)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        tp = next(a for a in args if a is not type(None))
+        return _coerce(tp, value, key, problems)
+    if origin is typing.Literal:
+        if value not in typing.get_args(tp):
+            problems.append(f"{key}={value!r} must be one of {list(typing.get_args(tp))}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            problems.append(f"{key} must be a list, got {value!r}")
+            return value
+        (item,) = typing.get_args(tp) or (object,)
+        return [_coerce(item, v, f"{key}[{i}]", problems) for i, v in enumerate(value)]
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and not (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
+        problems.append(f"{key}={value!r} must be {tp.__name__}")
+    return value
+
+
+def _suggest(key, fields) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(key, list(fields), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(fields)})"
+
+
+def to_dict(obj) -> dict:
+    return dataclasses.asdict(obj)
+
+
+def describe(cls, prefix: str = "") -> list[str]:
+    """``key: help (default)`` lines for documentation and ``minitron config --help``."""
+    lines = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            lines.extend(describe(hints[f.name], f"{prefix}{f.name}."))
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else "required")
+            lines.append(f"{prefix}{f.name}: {f.metadata.get('help', '')} (default: {default!r})")
+    return lines

@@ -1,0 +1,29 @@
+"""Where a recipe's model comes from: an HF folder, a GGUF file, or an embedded default."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from conversion.gguf_to_hf import DEFAULT_MODEL_NAME, cache_dir, default_model_dir, gguf_to_hf
+from minitron.errors import MinitronError
+
+EMBEDDED = {DEFAULT_MODEL_NAME: default_model_dir}
+
+
+def resolve_hf_source(source: str) -> Path:
+    """Return an HF checkpoint folder for ``embedded:<name>``, ``*.gguf`` or a folder path."""
+    if source.startswith("embedded:"):
+        name = source.split(":", 1)[1]
+        if name not in EMBEDDED:
+            raise MinitronError(f"model.source: unknown embedded model {name!r}; known: {sorted(EMBEDDED)}")
+        return EMBEDDED[name]()
+    path = Path(source).expanduser()
+    if path.suffix == ".gguf":
+        hf_dir = cache_dir() / "models" / path.stem
+        if not (hf_dir / "config.json").is_file():
+            gguf_to_hf(path, hf_dir)
+        return hf_dir
+    if not (path / "config.json").is_file():
+        raise MinitronError(f"model.source: {path} has no config.json; give an HF checkpoint folder, "
+                            "a .gguf file or embedded:<name>")
+    return path

@@ -1,0 +1,58 @@
+"""`minitron run`: execute a recipe's stages in order, skipping those already complete.
+
+A stage is complete when ``<output_root>/<name>/<stage>/summary.json`` exists; the stage
+folder is written to a temporary sibling and renamed, so a killed run never leaves a folder
+that looks complete, and a rerun resumes at the first unfinished stage.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from minitron.errors import MinitronError
+from minitron.io import atomic_output_dir, write_json_atomic
+from minitron.recipe import Recipe
+from minitron.stages import import_model, verify_conversion
+
+STAGE_RUNNERS = {"import": import_model.run, "verify": verify_conversion.run}
+
+
+def read_summary(recipe: Recipe, stage: str) -> dict:
+    path = recipe.stage_dir(stage) / "summary.json"
+    if not path.is_file():
+        raise MinitronError(f"{path}: missing; run stage {stage!r} first (add it to `stages`)")
+    return json.loads(path.read_text())
+
+
+def run(recipe: Recipe) -> dict:
+    results = {}
+    for stage in recipe.stages:
+        out = recipe.stage_dir(stage)
+        if (out / "summary.json").is_file():
+            print(f"[{stage}] done already: {out}")
+            results[stage] = read_summary(recipe, stage)
+            continue
+        if out.exists():  # an earlier attempt died before finishing: its folder is incomplete
+            raise MinitronError(f"{out}: incomplete output of an earlier run; remove it to redo stage {stage!r}")
+        print(f"[{stage}] running -> {out}")
+        start = time.perf_counter()
+        with atomic_output_dir(out) as tmp:
+            summary = STAGE_RUNNERS[stage](recipe, tmp)
+            summary = _retarget(summary, str(tmp), str(out))
+            summary["stage_seconds"] = round(time.perf_counter() - start, 2)
+            write_json_atomic(tmp / "summary.json", summary)
+        results[stage] = summary
+        print(f"[{stage}] finished in {summary['stage_seconds']} s")
+    return results
+
+
+def _retarget(obj, old: str, new: str):
+    """Rewrite paths in a summary from the temporary stage folder to its final name."""
+    if isinstance(obj, str):
+        return obj.replace(old, new)
+    if isinstance(obj, dict):
+        return {k: _retarget(v, old, new) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_retarget(v, old, new) for v in obj]
+    return obj

@@ -1,0 +1,60 @@
+"""The recipe: one YAML file that describes a whole compression run.
+
+Each section configures one stage; later stages (pruning, distillation, evaluation, export)
+add their own sections here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from conversion.verify import SAMPLE_TEXT
+from minitron.config import doc
+
+STAGES = ("import", "verify")
+
+
+@dataclass
+class ModelConfig:
+    source: str = doc("embedded:smollm2-135m-instruct",
+                      "teacher model: an HF checkpoint folder, a .gguf file, or embedded:<name>")
+
+
+@dataclass
+class ParallelConfig:
+    tensor_parallel: int = doc(1, "tensor-parallel size (Megatron TP)")
+    pipeline_parallel: int = doc(1, "pipeline-parallel size (Megatron PP); DP = world / (TP*PP)")
+
+    def check(self) -> list[str]:
+        return [f"parallel.{k}={v} must be >= 1" for k, v in dataclasses.asdict(self).items() if v < 1]
+
+
+@dataclass
+class VerifyConfig:
+    text: str = doc(SAMPLE_TEXT, "text whose logits are compared between Megatron and HF")
+    logits_atol: float = doc(1e-4, "largest allowed |logit difference| between Megatron and HF (fp32)")
+    layouts: list[list[int]] = doc([[1, 1]], "[TP, PP] layouts to load the NeMo checkpoint at and compare; "
+                                   "layouts with TP*PP > 1 run under torchrun")
+
+    def check(self) -> list[str]:
+        bad = [lay for lay in self.layouts if len(lay) != 2 or min(lay) < 1]
+        return [f"verify.layouts entries must be [TP, PP] with both >= 1, got {bad}"] if bad else []
+
+
+@dataclass
+class Recipe:
+    name: str = dataclasses.field(metadata={"help": "run name; outputs go to <output_root>/<name>/<stage>/"})
+    stages: list[str] = doc(list(STAGES), f"stages to run, in order; any of {list(STAGES)}")
+    output_root: str = doc("runs", "folder that holds every run")
+    model: ModelConfig = doc(ModelConfig, "the model to compress")
+    parallel: ParallelConfig = doc(ParallelConfig, "model parallelism for Megatron stages")
+    verify: VerifyConfig = doc(VerifyConfig, "conversion checks")
+
+    def check(self) -> list[str]:
+        unknown = [s for s in self.stages if s not in STAGES]
+        return [f"stages: unknown stage(s) {unknown}; known: {list(STAGES)}"] if unknown else []
+
+    def stage_dir(self, stage: str) -> Path:
+        return Path(self.output_root) / self.name / stage
