@@ -60,12 +60,16 @@ def load_hf_into_megatron(model: torch.nn.Module, arch: LlamaArch, reader: Safet
                             f"(and {len(unfilled) - 1} more)")
 
 
-def megatron_to_hf_tensors(model: torch.nn.Module, arch: LlamaArch):
-    """Yield (hf_name, tensor) from a TP=1/PP=1 Megatron model, in table order."""
+def megatron_to_hf_tensors(model: torch.nn.Module, arch: LlamaArch, dtype: torch.dtype):
+    """Yield (hf_name, tensor) from a TP=1/PP=1 Megatron model, in table order, in `dtype`.
+
+    The cast matters: Megatron's torch-norm layers keep fp32 weights even in a bf16 model, and
+    a bf16 value survives bf16 -> fp32 -> bf16 exactly.
+    """
     state = model.state_dict()
     for rule in table.expand(arch):
         for name, t in zip(rule.hf, table.split(rule, state[rule.megatron].detach(), arch)):
-            yield name, t.cpu()
+            yield name, t.cpu().to(dtype)
 
 
 def hf_to_nemo(hf_dir: str | Path, nemo_dir: str | Path) -> dict:
@@ -107,7 +111,7 @@ def nemo_to_hf(nemo_dir: str | Path, hf_dir: str | Path, max_shard_bytes: int = 
     if "torch_dtype" not in config and "dtype" not in config:
         config["torch_dtype"] = str(dtype).replace("torch.", "")
     with atomic_output_dir(hf_dir) as tmp:
-        files = write_sharded(megatron_to_hf_tensors(model, arch), tmp, max_shard_bytes)
+        files = write_sharded(megatron_to_hf_tensors(model, arch, dtype), tmp, max_shard_bytes)
         write_json_atomic(tmp / "config.json", config)
         copy_sidecars(nemo.tokenizer_dir(nemo_dir), tmp)
     return {"input": str(nemo_dir), "output": str(hf_dir), "dtype": str(dtype), "files": files,

@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 import yaml
 from megatron.core import dist_checkpointing
+from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.api import CheckpointException
 
 from conversion.hf_checkpoint import copy_sidecars
 from minitron.errors import MinitronError
@@ -61,27 +63,27 @@ def save_weights(model: torch.nn.Module, nemo_dir: str | Path) -> None:
 def load_weights(model: torch.nn.Module, nemo_dir: str | Path) -> None:
     """Fill `model` (this rank's TP/PP piece) from a checkpoint written at any TP/PP."""
     weights = Path(nemo_dir) / WEIGHTS
-    if not (weights / ".metadata").is_file():
-        raise MinitronError(f"{weights}/.metadata: missing; the checkpoint is incomplete or not torch_dist")
+    check_weights_complete(weights)
     try:
         state = dist_checkpointing.load(model.sharded_state_dict(prefix=PREFIX), str(weights))
-    except FileNotFoundError as e:
-        raise MinitronError(f"{e.filename or weights}: checkpoint shard missing ({weights} is incomplete)") from None
-    except Exception as e:  # torch DCP wraps per-rank failures in CheckpointException
-        missing = _missing_shard(weights, e)
-        if missing:
-            raise MinitronError(f"{missing}: checkpoint shard missing ({weights} is incomplete)") from None
-        raise MinitronError(f"{weights}: cannot load checkpoint ({type(e).__name__}: "
-                            f"{str(e).splitlines()[0][:300]})") from None
+    except (Exception, CheckpointException) as e:  # CheckpointException is a BaseException
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+        raise MinitronError(f"{weights}: cannot load checkpoint into this model "
+                            f"({type(e).__name__}: {first})") from None
     state = {k[len(PREFIX):] if k.startswith(PREFIX) else k: v for k, v in state.items()}
     model.load_state_dict(state, strict=True)
 
 
-def _missing_shard(weights: Path, err: Exception) -> str | None:
-    text = repr(err)
-    for f in weights.iterdir():
-        pass
-    import re
-
-    m = re.search(r"No such file or directory: '([^']+)'", text)
-    return m.group(1) if m else None
+def check_weights_complete(weights: Path) -> None:
+    """Every shard file the checkpoint's metadata refers to must exist."""
+    if not (weights / ".metadata").is_file():
+        raise MinitronError(f"{weights}/.metadata: missing; the checkpoint is incomplete or not torch_dist")
+    try:
+        metadata = FileSystemReader(str(weights)).read_metadata()
+    except Exception as e:
+        raise MinitronError(f"{weights}/.metadata: unreadable ({type(e).__name__})") from None
+    files = sorted({item.relative_path for item in (metadata.storage_data or {}).values()})
+    for name in files:
+        if not (weights / name).is_file():
+            raise MinitronError(f"{weights / name}: checkpoint shard missing ({len(files)} expected); "
+                                "the checkpoint is incomplete")

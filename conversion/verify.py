@@ -35,10 +35,12 @@ def tokenize(hf_dir: str | Path, text: str = SAMPLE_TEXT) -> torch.Tensor:
 
 
 def megatron_vs_hf(nemo_dir: str | Path, hf_dir: str | Path, tokens: torch.Tensor,
-                   tensor_parallel: int = 1, pipeline_parallel: int = 1) -> float | None:
-    """Max |logit difference| (fp32) between the NeMo checkpoint run by Megatron at TP/PP and HF.
+                   tensor_parallel: int = 1, pipeline_parallel: int = 1):
+    """(max |logit difference|, Megatron logits) between the NeMo checkpoint run by Megatron at
+    TP/PP and HF, in fp32.
 
-    Collective: every rank calls it; the value comes back on the last pipeline stage.
+    Collective: every rank calls it; the result comes back on the last pipeline stage (None
+    elsewhere).
     """
     distributed.initialize(tensor_parallel, pipeline_parallel)
     model, _ = load_megatron_from_nemo(nemo_dir, dtype=torch.float32)
@@ -46,7 +48,8 @@ def megatron_vs_hf(nemo_dir: str | Path, hf_dir: str | Path, tokens: torch.Tenso
     logits = forward_logits(model, tokens.to(distributed.device()))
     if logits is None:
         return None
-    return (logits.float().cpu() - hf_logits(hf_dir, tokens)).abs().max().item()
+    logits = logits.float().cpu()
+    return (logits - hf_logits(hf_dir, tokens)).abs().max().item(), logits
 
 
 def tensor_differences(hf_a: str | Path, hf_b: str | Path) -> list[str]:

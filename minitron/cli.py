@@ -45,14 +45,20 @@ def cmd_verify(args) -> dict | None:
     from minitron.runtime import distributed
 
     tokens = tokenize(args.hf, args.text) if args.text else tokenize(args.hf)
-    diff = distributed.distributed_entry(megatron_vs_hf)(args.nemo, args.hf, tokens, args.tp, args.pp)
-    if diff is None:
+    compared = distributed.distributed_entry(megatron_vs_hf)(args.nemo, args.hf, tokens, args.tp, args.pp)
+    if compared is None:
         return None  # not the last pipeline stage: nothing to report
     from megatron.core import parallel_state
 
+    diff, logits = compared
     result = {"tensor_parallel": args.tp, "pipeline_parallel": args.pp, "max_abs_logit_diff": diff}
-    if args.result_file and parallel_state.get_tensor_model_parallel_rank() == 0:
-        Path(args.result_file).write_text(json.dumps(result))
+    if parallel_state.get_tensor_model_parallel_rank() == 0:
+        if args.logits_out:
+            from safetensors.torch import save_file
+
+            save_file({"logits": logits.contiguous()}, args.logits_out)
+        if args.result_file:
+            Path(args.result_file).write_text(json.dumps(result))
     return result
 
 
@@ -107,6 +113,7 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--tp", type=int, default=1)
     v.add_argument("--pp", type=int, default=1)
     v.add_argument("--text", default=None)
+    v.add_argument("--logits-out", default=None, help="also save the Megatron logits (safetensors)")
     v.add_argument("--result-file", default=None, help=argparse.SUPPRESS)
     v.set_defaults(func=cmd_verify)
 

@@ -91,12 +91,12 @@ def _build(cls, data, prefix, problems):
     hints = typing.get_type_hints(cls)
     for key in data:
         if key not in fields:
-            problems.append(f"unknown key {prefix}{key!r}" + _suggest(key, fields))
+            problems.append(f"unknown key '{prefix}{key}'" + _suggest(key, fields))
     kwargs = {}
     for name, f in fields.items():
         if name not in data:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                problems.append(f"missing required key {prefix}{name!r}")
+                problems.append(f"missing required key '{prefix}{name}'")
             continue
         kwargs[name] = _coerce(hints[name], data[name], f"{prefix}{name}", problems)
     if any(p for p in problems):
@@ -132,6 +132,11 @@ def _coerce(tp, value, key, problems):
         return [_coerce(item, v, f"{key}[{i}]", problems) for i, v in enumerate(value)]
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-4" (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
     if tp in (int, float, str, bool) and not (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
         problems.append(f"{key}={value!r} must be {tp.__name__}")
     return value

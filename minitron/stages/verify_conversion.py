@@ -19,7 +19,7 @@ def run(recipe: Recipe, out: Path) -> dict:
     results = []
     for tp, pp in recipe.verify.layouts:
         if tp * pp == 1:
-            diff = megatron_vs_hf(paths["nemo"], paths["hf"], tokens)
+            diff, _ = megatron_vs_hf(paths["nemo"], paths["hf"], tokens)
         else:
             diff = run_cli(tp * pp, ["verify", "--nemo", str(paths["nemo"]), "--hf", str(paths["hf"]),
                                      "--tp", str(tp), "--pp", str(pp), "--text", recipe.verify.text])["max_abs_logit_diff"]

@@ -1,0 +1,61 @@
+# Minitron recipes. Newcomers: `make demo` (runs everything, sets up as needed) and `make test`.
+# Every target that runs a recipe takes RECIPE=recipes/<file>.yaml, OUT=<output root> and
+# ARGS="key=value ...", passed straight to `minitron`.
+
+PYTHON_BOOTSTRAP ?= python3
+VENV     ?= .venv
+PY       := $(VENV)/bin/python
+MINITRON := $(VENV)/bin/minitron
+REQUIREMENTS ?= requirements/cpu.txt
+RECIPE   ?= recipes/smollm2-135m_demo_cpu.yaml
+OUT      ?=
+ARGS     ?=
+OUT_FLAG  = $(if $(OUT),--output $(OUT),)
+PYTEST_ARGS ?=
+
+.PHONY: setup demo run test test-unit test-fast convert-hf-to-nemo convert-nemo-to-hf model bench-conversion clean help
+
+help:
+	@echo "make demo            run the demo recipe end to end on the embedded SmolLM2 (CPU)"
+	@echo "make test            run the whole test suite (what CI runs)"
+	@echo "make run RECIPE=...  run any recipe; OUT=dir ARGS='k=v ...' pass through"
+	@echo "make convert-hf-to-nemo IN=hf_dir OUT=nemo_dir   (and convert-nemo-to-hf)"
+	@echo "make bench-conversion  time and peak memory of the SmolLM2 conversions"
+
+# Idempotent: reinstalls only when the pins or the package metadata change.
+setup: $(VENV)/.installed
+$(VENV)/.installed: $(REQUIREMENTS) pyproject.toml
+	test -x $(PY) || $(PYTHON_BOOTSTRAP) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r $(REQUIREMENTS)
+	$(PY) -m pip install -q --no-deps -e .
+	touch $@
+
+model: setup
+	$(MINITRON) model default
+
+demo: setup
+	$(MINITRON) run --config recipes/smollm2-135m_demo_cpu.yaml $(OUT_FLAG) $(ARGS)
+
+run: setup
+	$(MINITRON) run --config $(RECIPE) $(OUT_FLAG) $(ARGS)
+
+convert-hf-to-nemo: setup
+	$(MINITRON) convert hf-to-nemo --input $(IN) $(OUT_FLAG)
+
+convert-nemo-to-hf: setup
+	$(MINITRON) convert nemo-to-hf --input $(IN) $(OUT_FLAG)
+
+# The README's test command; CI (.ci/run) calls exactly this.
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Tiny random models only (seconds): no SmolLM2, no torchrun.
+test-fast: setup
+	$(PY) -m pytest -m "not smollm2 and not torchrun" $(PYTEST_ARGS)
+
+bench-conversion: setup
+	$(PY) benchmarks/bench_conversion.py
+
+clean:
+	rm -rf runs .pytest_cache

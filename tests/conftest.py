@@ -1,0 +1,93 @@
+"""Shared fixtures: tiny random Llama checkpoints written as real HF folders."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+LLAMA31_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 8192}
+
+
+def tiny_llama_config(tied: bool = False, **overrides):
+    """Shaped like Llama 3.1 (untied, llama3 rope, GQA, head_dim != hidden/heads), but tiny."""
+    from transformers import LlamaConfig
+
+    kw = dict(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=4,
+              num_attention_heads=8, num_key_value_heads=4, head_dim=24, rms_norm_eps=1e-5,
+              rope_scaling=dict(LLAMA31_ROPE), rope_theta=500000.0, max_position_embeddings=16384,
+              tie_word_embeddings=tied, bos_token_id=1, eos_token_id=2)
+    kw.update(overrides)
+    config = LlamaConfig(**kw)
+    config.architectures = ["LlamaForCausalLM"]
+    return config
+
+
+def write_tiny_llama(path: Path, tied: bool = False, dtype=torch.float32, seed: int = 0,
+                     max_shard_size: str | None = None, **overrides) -> Path:
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(tiny_llama_config(tied, **overrides)).to(dtype).eval()
+    # Random init leaves norms at 1.0: perturb them so a swapped norm cannot go unnoticed.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
+    model.save_pretrained(path, **kwargs)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_hf(tmp_path_factory) -> Path:
+    return write_tiny_llama(tmp_path_factory.mktemp("tiny") / "hf")
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_tied(tmp_path_factory) -> Path:
+    return write_tiny_llama(tmp_path_factory.mktemp("tiny_tied") / "hf", tied=True,
+                            rope_scaling=None, rope_theta=10000.0, num_key_value_heads=2, head_dim=16)
+
+
+@pytest.fixture(scope="session")
+def tiny_nemo(tiny_hf, tmp_path_factory) -> Path:
+    from conversion.convert import hf_to_nemo
+
+    out = tmp_path_factory.mktemp("tiny_nemo") / "nemo"
+    hf_to_nemo(tiny_hf, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def smollm2_hf() -> Path:
+    from conversion.gguf_to_hf import default_model_dir
+
+    return default_model_dir()
+
+
+def tokens(n: int = 23, vocab: int = 256, batch: int = 2, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab, (batch, n), generator=g)
+
+
+def run_minitron(*args: str, cwd: Path | None = None, env_extra: dict | None = None):
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "minitron.cli", *args], capture_output=True, text=True,
+                          cwd=cwd or REPO, env=env)
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs an NVIDIA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
