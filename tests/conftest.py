@@ -43,7 +43,21 @@ def write_tiny_llama(path: Path, tied: bool = False, dtype=torch.float32, seed: 
                 p.add_(torch.randn_like(p) * 0.1)
     kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
     model.save_pretrained(path, **kwargs)
+    byte_tokenizer().save_pretrained(path)
     return path
+
+
+def byte_tokenizer():
+    """A real 256-token byte-level tokenizer (no merges), so tiny models read real text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=sorted(alphabet)[2])
 
 
 @pytest.fixture(scope="session")

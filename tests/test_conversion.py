@@ -17,8 +17,9 @@ def megatron_logits(nemo_dir, tok):
     distributed.initialize(1, 1)
     model, _ = load_megatron_from_nemo(nemo_dir, dtype=torch.float32)
     model.eval()
+    tok = tok.to(distributed.device())  # runs on the GPU too (tests/run_gpu_checks.sh)
     with torch.no_grad():
-        return model(tok, position_ids(tok), None), forward_logits(model, tok)
+        return model(tok, position_ids(tok), None).cpu(), forward_logits(model, tok).cpu()
 
 
 @pytest.mark.parametrize("fixture", ["tiny_hf", "tiny_hf_tied"])
@@ -116,6 +117,7 @@ def test_pruned_shapes_export_and_load_in_transformers(tmp_path, tiny_hf):
     cfg = json.loads((tmp_path / "pruned_hf/config.json").read_text())
     assert (cfg["hidden_size"], cfg["head_dim"], cfg["num_attention_heads"]) == (48, 24, 4)
     tok = tokens()
+    dev_tok = tok.to(distributed.device())
     with torch.no_grad():
-        ref = model(tok, position_ids(tok), None)
+        ref = model(dev_tok, position_ids(dev_tok), None).cpu()
     assert_close(hf_logits(tmp_path / "pruned_hf", tok), ref, atol=1e-4, rtol=0)

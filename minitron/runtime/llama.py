@@ -273,6 +273,9 @@ def build_gpt_model(arch: LlamaArch, dtype: torch.dtype | str = torch.float32, *
         rope_scaling=arch.rope_scaling_factor is not None,
         rope_scaling_factor=arch.rope_scaling_factor or 8.0,
     )
+    # Megatron's torch-norm fallback (no TE/Apex) ignores params_dtype and stays fp32, which
+    # breaks the fused bf16 RMSNorm kernel; keep every weight in the requested dtype.
+    model.to(dtype)
     if torch.cuda.is_available():
         model.cuda(torch.cuda.current_device())
     return model
