@@ -13,14 +13,18 @@ ARGS     ?=
 OUT_FLAG  = $(if $(OUT),--output $(OUT),)
 PYTEST_ARGS ?=
 
-.PHONY: setup demo run test test-unit test-fast convert-hf-to-nemo convert-nemo-to-hf model bench-conversion clean help
+PRUNE_RECIPE = $(if $(filter recipes/smollm2-135m_demo_cpu.yaml,$(RECIPE)),recipes/smollm2-135m_minitron_cpu.yaml,$(RECIPE))
+
+.PHONY: prune-width prune-depth prune bench-pruning setup demo run test test-unit test-fast convert-hf-to-nemo convert-nemo-to-hf model bench-conversion clean help
 
 help:
 	@echo "make demo            run the demo recipe end to end on the embedded SmolLM2 (CPU)"
 	@echo "make test            run the whole test suite (what CI runs)"
 	@echo "make run RECIPE=...  run any recipe; OUT=dir ARGS='k=v ...' pass through"
 	@echo "make convert-hf-to-nemo IN=hf_dir OUT=nemo_dir   (and convert-nemo-to-hf)"
+	@echo "make prune-width / prune-depth   Minitron-prune SmolLM2 on CPU (RECIPE= for Llama 3.1 on GPUs)"
 	@echo "make bench-conversion  time and peak memory of the SmolLM2 conversions"
+	@echo "make bench-pruning     activation vs baselines, calibration overhead, recipe wall time"
 
 # Idempotent: reinstalls only when the pins or the package metadata change.
 setup: $(VENV)/.installed
@@ -39,6 +43,19 @@ demo: setup
 
 run: setup
 	$(MINITRON) run --config $(RECIPE) $(OUT_FLAG) $(ARGS)
+
+# Minitron pruning (CPU recipe on SmolLM2 by default; RECIPE= for any other, e.g. the Llama 3.1 DGX ones).
+prune-width: setup
+	$(MINITRON) run --config $(PRUNE_RECIPE) "stages=[import, prune]" "prune.only=[width]" $(OUT_FLAG) $(ARGS)
+
+prune-depth: setup
+	$(MINITRON) run --config $(PRUNE_RECIPE) "stages=[import, prune]" "prune.only=[depth]" $(OUT_FLAG) $(ARGS)
+
+prune: setup
+	$(MINITRON) run --config $(PRUNE_RECIPE) "stages=[import, prune]" $(OUT_FLAG) $(ARGS)
+
+bench-pruning: setup
+	$(PY) benchmarks/bench_pruning.py
 
 convert-hf-to-nemo: setup
 	$(MINITRON) convert hf-to-nemo --input $(IN) $(OUT_FLAG)

@@ -21,9 +21,15 @@ SAMPLE_TEXT = (
 
 
 def hf_logits(hf_dir: str | Path, tokens: torch.Tensor) -> torch.Tensor:
+    """fp32 logits of the HF model with transformers' *eager* attention.
+
+    Eager attention is the reference formulation, and on CPU Megatron's local spec reproduces it
+    bit for bit. The default SDPA kernel reorders the same sums; its rounding noise (~1e-5 per
+    layer, amplified in damaged pruned models to a few 1e-4) would hide real mapping errors.
+    """
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32, attn_implementation="eager").eval()
     with torch.no_grad():
         return model(tokens).logits
 

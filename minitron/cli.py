@@ -23,6 +23,7 @@ def _quiet_third_party_warnings() -> None:
     if os.environ.get("MINITRON_SHOW_WARNINGS") != "1":
         for module in ("megatron", "torch.distributed", "modelopt", "transformers"):
             warnings.filterwarnings("ignore", module=module)
+        warnings.filterwarnings("ignore", message=r".*(Transformer Engine|Apex).* not installed")
 
 
 def cmd_convert(args) -> dict:
@@ -60,6 +61,14 @@ def cmd_verify(args) -> dict | None:
         if args.result_file:
             Path(args.result_file).write_text(json.dumps(result))
     return result
+
+
+def cmd_prune_job(args) -> None:
+    from minitron.pruning.prune import PruneJob, run_job
+    from minitron.runtime import distributed
+
+    distributed.distributed_entry(run_job)(PruneJob.load(args.job))
+    return None
 
 
 def cmd_model(args) -> dict:
@@ -116,6 +125,11 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--logits-out", default=None, help="also save the Megatron logits (safetensors)")
     v.add_argument("--result-file", default=None, help=argparse.SUPPRESS)
     v.set_defaults(func=cmd_verify)
+
+    j = sub.add_parser("prune-job", help="(internal) one pruning job, run on every rank under torchrun")
+    j.add_argument("job", help="job JSON written by the prune stage")
+    j.add_argument("--result-file", default=None, help=argparse.SUPPRESS)
+    j.set_defaults(func=cmd_prune_job)
 
     m = sub.add_parser("model", help="embedded default model")
     m.add_argument("which", choices=["default"])

@@ -13,9 +13,37 @@ import time
 from minitron.errors import MinitronError
 from minitron.io import atomic_output_dir, write_json_atomic
 from minitron.recipe import Recipe
-from minitron.stages import import_model, verify_conversion
+from minitron.stages import import_model, prune_student, verify_conversion
 
-STAGE_RUNNERS = {"import": import_model.run, "verify": verify_conversion.run}
+
+def planned_stages(recipe: Recipe) -> list[tuple[str, object]]:
+    """(stage folder name, runner) in order; `prune` becomes one stage per selected student."""
+    plan = []
+    for stage in recipe.stages:
+        if stage == "prune":
+            for student in recipe.prune.selected():
+                plan.append((f"prune-{student.name}",
+                             lambda r, out, s=student: prune_student.run(r, out, s)))
+        else:
+            plan.append((stage, {"import": import_model.run, "verify": verify_conversion.run}[stage]))
+    return plan
+
+
+def preflight(recipe: Recipe) -> None:
+    """Check every student's target against the teacher before any stage runs."""
+    if "prune" not in recipe.stages:
+        return
+    from minitron.models import resolve_hf_source
+    from minitron.pruning.prune import check_target
+    from minitron.runtime.llama import LlamaArch
+
+    arch = LlamaArch.from_hf_dir(resolve_hf_source(recipe.model.source))
+    problems = []
+    for student in recipe.prune.selected():
+        problems += check_target(student, arch, recipe.prune, recipe.parallel.tensor_parallel,
+                                 recipe.parallel.pipeline_parallel)
+    if problems:
+        raise MinitronError("; ".join(dict.fromkeys(problems)))
 
 
 def read_summary(recipe: Recipe, stage: str) -> dict:
@@ -26,8 +54,9 @@ def read_summary(recipe: Recipe, stage: str) -> dict:
 
 
 def run(recipe: Recipe) -> dict:
+    preflight(recipe)
     results = {}
-    for stage in recipe.stages:
+    for stage, runner in planned_stages(recipe):
         out = recipe.stage_dir(stage)
         if (out / "summary.json").is_file():
             print(f"[{stage}] done already: {out}")
@@ -38,7 +67,7 @@ def run(recipe: Recipe) -> dict:
         print(f"[{stage}] running -> {out}")
         start = time.perf_counter()
         with atomic_output_dir(out) as tmp:
-            summary = STAGE_RUNNERS[stage](recipe, tmp)
+            summary = runner(recipe, tmp)
             summary = _retarget(summary, str(tmp), str(out))
             summary["stage_seconds"] = round(time.perf_counter() - start, 2)
             write_json_atomic(tmp / "summary.json", summary)

@@ -12,8 +12,11 @@ from pathlib import Path
 
 from conversion.verify import SAMPLE_TEXT
 from minitron.config import doc
+from minitron.data.config import DataConfig
+from minitron.pruning.config import PruneConfig
 
-STAGES = ("import", "verify")
+#: `prune` runs one stage `prune-<student>` per selected student.
+STAGES = ("import", "verify", "prune")
 
 
 @dataclass
@@ -46,15 +49,20 @@ class VerifyConfig:
 @dataclass
 class Recipe:
     name: str = dataclasses.field(metadata={"help": "run name; outputs go to <output_root>/<name>/<stage>/"})
-    stages: list[str] = doc(list(STAGES), f"stages to run, in order; any of {list(STAGES)}")
+    stages: list[str] = doc(["import", "verify"], f"stages to run, in order; any of {list(STAGES)}")
     output_root: str = doc("runs", "folder that holds every run")
     model: ModelConfig = doc(ModelConfig, "the model to compress")
     parallel: ParallelConfig = doc(ParallelConfig, "model parallelism for Megatron stages")
     verify: VerifyConfig = doc(VerifyConfig, "conversion checks")
+    data: DataConfig = doc(DataConfig, "text for calibration, distillation and evaluation")
+    prune: PruneConfig = doc(PruneConfig, "Minitron pruning: calibration and students")
 
     def check(self) -> list[str]:
         unknown = [s for s in self.stages if s not in STAGES]
-        return [f"stages: unknown stage(s) {unknown}; known: {list(STAGES)}"] if unknown else []
+        problems = [f"stages: unknown stage(s) {unknown}; known: {list(STAGES)}"] if unknown else []
+        if "prune" in self.stages and not self.prune.selected():
+            problems.append("stages has prune but prune.students selects none")
+        return problems
 
     def stage_dir(self, stage: str) -> Path:
         return Path(self.output_root) / self.name / stage

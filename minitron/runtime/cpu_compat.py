@@ -82,6 +82,28 @@ def _cpu_causal_mask(sq: int) -> torch.Tensor:
     return torch.triu(torch.ones(sq, sq, dtype=torch.bool), diagonal=1)
 
 
+def _gloo_safe_all_gather(fn):
+    @functools.wraps(fn)
+    def wrapper(output_tensor, input_tensor, *args, **kwargs):
+        if input_tensor.dim() == 0:
+            input_tensor = input_tensor.reshape(1)
+        return fn(output_tensor, input_tensor, *args, **kwargs)
+
+    wrapper.__minitron_cpu_compat__ = True
+    return wrapper
+
+
+def _wrap_modelopt() -> None:
+    """Model Optimizer's depth pruning moves its layer counters with ``Tensor.cuda()``."""
+    try:
+        from modelopt.torch.prune.plugins import mcore_minitron
+    except ImportError:
+        return
+    fn = mcore_minitron.drop_mcore_language_model_layers
+    if not getattr(fn, "__minitron_cpu_compat__", False):
+        mcore_minitron.drop_mcore_language_model_layers = _in_cpu_mode(fn)
+
+
 class _DropExpectedRngWarning(logging.Filter):
     # On CPU the "CUDA" RNG *is* the CPU RNG, so Megatron's check that a fork left the CPU
     # generator untouched always fires; it carries no information here.
@@ -120,6 +142,10 @@ def enable() -> bool:
     mp_random._set_cuda_rng_state = _cpu_rng_set
     logging.getLogger(mp_random.__name__).addFilter(_DropExpectedRngWarning())
 
+    dist_all_gather = torch.distributed.all_gather_into_tensor
+    if not getattr(dist_all_gather, "__minitron_cpu_compat__", False):
+        torch.distributed.all_gather_into_tensor = _gloo_safe_all_gather(dist_all_gather)
+    _wrap_modelopt()
     for name in (
         "forward_backward_no_pipelining",
         "forward_backward_pipelining_without_interleaving",

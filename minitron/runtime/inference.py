@@ -38,3 +38,52 @@ def forward_logits(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor
     if parallel_state.is_pipeline_last_stage():
         return outputs[0]
     return None
+
+
+def _broadcast_from_last_stage(value: torch.Tensor) -> torch.Tensor:
+    """Give every pipeline rank the value computed on the last stage."""
+    if parallel_state.get_pipeline_model_parallel_world_size() == 1:
+        return value
+    src = parallel_state.get_pipeline_model_parallel_last_rank()
+    torch.distributed.broadcast(value, src, group=parallel_state.get_pipeline_model_parallel_group())
+    return value
+
+
+@torch.no_grad()
+def forward_only(model: torch.nn.Module, batches, collect=None) -> list:
+    """Run Megatron's forward-only schedule over `batches` of ``[b, s+1]`` token rows.
+
+    `collect(per_token_loss)` maps each micro-batch's ``[b, s]`` losses (last stage only) to
+    what is returned; the default discards them (calibration loops only need the forward).
+    """
+    results = []
+    func = get_forward_backward_func()
+    for batch in batches:
+        batch = batch.to(next(model.parameters()).device)
+        tokens, labels = batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
+
+        def step(data_iterator, stage_model, tokens=tokens, labels=labels):
+            next(data_iterator)
+            output = stage_model(tokens, position_ids(tokens), None, labels=labels)
+
+            def loss_func(per_token_loss, non_loss_data=False):
+                return collect(per_token_loss) if collect else None
+
+            return output, loss_func
+
+        out = func(forward_step_func=step, data_iterator=iter([None]), model=[model], num_microbatches=1,
+                   seq_length=tokens.shape[1], micro_batch_size=tokens.shape[0], forward_only=True,
+                   collect_non_loss_data=True)
+        if parallel_state.is_pipeline_last_stage() and out:
+            results.extend(out)
+    return results
+
+
+@torch.no_grad()
+def lm_loss(model: torch.nn.Module, batches) -> float:
+    """Mean next-token cross-entropy (nats/token) over `batches`, identical on every rank."""
+    sums = forward_only(model, batches, collect=lambda loss: torch.stack([loss.float().sum(),
+                                                                           torch.tensor(float(loss.numel()))]))
+    total = torch.stack(sums).sum(0) if sums else torch.zeros(2)
+    total = _broadcast_from_last_stage(total.to(next(model.parameters()).device).float())
+    return (total[0] / total[1]).item()

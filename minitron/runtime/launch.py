@@ -16,7 +16,7 @@ def torchrun_command(nproc: int, cli_args: list[str]) -> list[str]:
             "-m", "minitron.cli", *cli_args]
 
 
-def run_cli(nproc: int, cli_args: list[str]):
+def run_cli(nproc: int, cli_args: list[str], expect_result: bool = True):
     """Run ``minitron <cli_args> --result-file F`` on `nproc` ranks; return what rank(s) wrote to F."""
     with tempfile.TemporaryDirectory() as tmp:
         result = Path(tmp) / "result.json"
@@ -25,6 +25,8 @@ def run_cli(nproc: int, cli_args: list[str]):
         if proc.returncode != 0:
             lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error")] or proc.stderr.splitlines()[-5:]
             raise MinitronError(f"torchrun ({nproc} ranks) `minitron {cli_args[0]}` failed: {' | '.join(lines)}")
+        if not expect_result:
+            return None
         if not result.is_file():
             raise MinitronError(f"torchrun `minitron {cli_args[0]}` wrote no result")
         return json.loads(result.read_text())

@@ -1,0 +1,1 @@
+"""Minitron structured pruning (width and depth) with NVIDIA Model Optimizer."""

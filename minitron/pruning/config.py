@@ -1,0 +1,66 @@
+"""Recipe section `prune`: calibration settings and the students to cut from the teacher."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+from minitron.config import doc
+
+
+@dataclass
+class StudentConfig:
+    name: str = doc("student", "student name; outputs go to <run>/prune-<name>/")
+    hidden_size: Optional[int] = doc(None, "target hidden size (width); None keeps the teacher's")
+    ffn_hidden_size: Optional[int] = doc(None, "target MLP size (width); None keeps the teacher's")
+    num_attention_heads: Optional[int] = doc(None, "target query heads; a multiple of the KV groups, which are kept")
+    num_layers: Optional[int] = doc(None, "target number of layers (depth); None keeps all")
+    importance: Literal["activation", "magnitude", "random"] = doc(
+        "activation", "width ranking: Minitron activations, weight magnitude or seeded random (baselines)")
+    depth_method: Literal["importance", "contiguous", "lm_loss", "tail"] = doc(
+        "importance", "which layers go: lowest Minitron layer scores, the lowest-scoring contiguous block "
+        "(first and last layers kept), lowest LM-loss increase when removed one at a time, or simply the last ones")
+    params: Optional[float] = doc(None, "instead of a shape: parameter budget as a fraction of the teacher "
+                                        "(e.g. 0.5); Model Optimizer searches shapes and picks the best by "
+                                        "validation loss")
+
+    def check(self) -> list[str]:
+        shape = [self.hidden_size, self.ffn_hidden_size, self.num_attention_heads, self.num_layers]
+        problems = []
+        if self.params is not None and any(v is not None for v in shape):
+            problems.append(f"student {self.name}: give either params or a target shape, not both")
+        if self.params is None and all(v is None for v in shape):
+            problems.append(f"student {self.name}: give a target shape (hidden_size, ...) or params")
+        if self.params is not None and not 0 < self.params < 1:
+            problems.append(f"student {self.name}: params={self.params} must be a fraction in (0, 1)")
+        for key, value in zip(("hidden_size", "ffn_hidden_size", "num_attention_heads", "num_layers"), shape):
+            if value is not None and value <= 0:
+                problems.append(f"student {self.name}: {key}={value} must be > 0")
+        return problems
+
+
+@dataclass
+class PruneConfig:
+    calibration_samples: int = doc(64, "sequences in the calibration forward loop (Minitron: 1024)")
+    calibration_batch_size: int = doc(4, "sequences per calibration forward pass")
+    validation_samples: int = doc(16, "held-out sequences to score students (lm_loss depth, params search, report)")
+    hidden_size_divisor: int = doc(64, "search grid for hidden_size (Model Optimizer's divisor)")
+    ffn_hidden_size_divisor: int = doc(64, "search grid for ffn_hidden_size")
+    num_layers_divisor: int = doc(1, "search grid for num_layers")
+    seed: int = doc(1234, "seed for the random baseline and sampling")
+    dtype: str = doc("float32", "dtype of the model during calibration and pruning")
+    top_k: int = doc(4, "params search: candidates scored by validation loss")
+    students: list[StudentConfig] = doc([], "students to cut from the teacher")
+    only: list[str] = doc([], "run only these students (by name); empty = all")
+
+    def check(self) -> list[str]:
+        names = [s.name for s in self.students]
+        problems = [f"prune.students: duplicate name {n!r}" for n in set(names) if names.count(n) > 1]
+        problems += [f"prune.only: no student named {n!r} (have {names})" for n in self.only if n not in names]
+        for key in ("calibration_samples", "calibration_batch_size", "validation_samples", "top_k"):
+            if getattr(self, key) < 1:
+                problems.append(f"prune.{key} must be >= 1")
+        return problems
+
+    def selected(self) -> list[StudentConfig]:
+        return [s for s in self.students if not self.only or s.name in self.only]

@@ -1,0 +1,105 @@
+"""Stage `prune-<student>`: Minitron-prune the imported teacher into one student.
+
+Writes ``nemo/`` (NeMo 2 checkpoint), ``hf/`` (transformers checkpoint), ``report.json`` and
+``report.png``. Importance scores are cached per teacher + calibration settings under
+``<run>/importance/<key>/`` and re-used by every student of the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from conversion import nemo_checkpoint as nemo
+from conversion.convert import load_megatron_from_nemo, nemo_to_hf
+from conversion.verify import hf_logits
+from minitron.errors import MinitronError
+from minitron.pruning import report
+from minitron.pruning.config import StudentConfig
+from minitron.pruning.prune import PruneJob, check_target, run_job
+from minitron.recipe import Recipe
+from minitron.runtime import distributed
+from minitron.runtime.launch import run_cli
+from minitron.stages import import_model
+
+
+def check(recipe: Recipe, student: StudentConfig) -> None:
+    """Reject impossible targets before any data is tokenized or model loaded."""
+    teacher = import_model.outputs(recipe)["nemo"]
+    arch, _, _ = nemo.read_context(teacher)
+    problems = check_target(student, arch, recipe.prune, recipe.parallel.tensor_parallel,
+                            recipe.parallel.pipeline_parallel)
+    if problems:
+        raise MinitronError("; ".join(problems))
+
+
+def scores_dir(recipe: Recipe, teacher: Path, token_digest: str) -> Path:
+    """Importance scores depend on the teacher, the calibration tokens and the search grid."""
+    p = recipe.prune
+    key = json.dumps([str(teacher.resolve()), token_digest, p.hidden_size_divisor, p.ffn_hidden_size_divisor,
+                      p.num_layers_divisor, p.dtype, p.calibration_batch_size, recipe.parallel.pipeline_parallel])
+    return Path(recipe.output_root) / recipe.name / "importance" / hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def write_tokens(recipe: Recipe, hf_dir: Path, path: Path) -> str:
+    """Calibration rows from the train split, validation rows from the held-out split."""
+    from minitron import data
+
+    arch, _, _ = nemo.read_context(import_model.outputs(recipe)["nemo"])
+    data.check_tokenizer_matches(hf_dir, arch.vocab_size)
+    prepared = data.prepare(recipe.data, hf_dir)
+    seq = recipe.data.seq_length
+    calibration = torch.stack(list(data.samples(prepared, "train", seq, recipe.prune.calibration_samples,
+                                                seed=recipe.prune.seed)))
+    validation = torch.stack(list(data.samples(prepared, "validation", seq, recipe.prune.validation_samples)))
+    save_file({"calibration": calibration.contiguous(), "validation": validation.contiguous()}, str(path))
+    digest = hashlib.sha256(calibration.numpy().tobytes()).hexdigest()
+    return digest
+
+
+def run(recipe: Recipe, out: Path, student: StudentConfig) -> dict:
+    check(recipe, student)
+    paths = import_model.outputs(recipe)
+    tokens = out / "tokens.safetensors"
+    digest = write_tokens(recipe, paths["hf"], tokens)
+    scores = scores_dir(recipe, paths["nemo"], digest)
+    scores.parent.mkdir(parents=True, exist_ok=True)
+    job = PruneJob(teacher=str(paths["nemo"]), output=str(out / "nemo"), scores=str(scores), tokens=str(tokens),
+                   student=dataclasses.asdict(student), prune=dataclasses.asdict(recipe.prune),
+                   pipeline_parallel=recipe.parallel.pipeline_parallel, result=str(out / "prune_result.json"))
+    pp = recipe.parallel.pipeline_parallel
+    if pp == 1:
+        result = run_job(job)
+    else:
+        job.save(out / "job.json")
+        run_cli(pp, ["prune-job", str(out / "job.json")], expect_result=False)
+        result = json.loads((out / "prune_result.json").read_text())
+    export = nemo_to_hf(out / "nemo", out / "hf")
+    parity = _hf_parity(out / "nemo", out / "hf", tokens)
+    files = report.write(report.build(result), out)
+    tokens.unlink()  # recreated from the data cache on demand; no need to keep a copy
+    return {"student": student.name, "nemo": str(out / "nemo"), "hf": str(out / "hf"), "scores": str(scores),
+            "arch": result["arch"], "parameters": result["parameters"],
+            "teacher_parameters": result["teacher_parameters"],
+            "validation_loss": result["validation_loss"], "teacher_validation_loss": result["teacher_validation_loss"],
+            "layers_dropped": result["layers_dropped"], "calibration": result["calibration"],
+            "prune_seconds": result["prune_seconds"], "hf_vs_megatron_max_abs_logit_diff": parity,
+            "export_seconds": export["seconds"], "report": files}
+
+
+def _hf_parity(nemo_dir: Path, hf_dir: Path, tokens_file: Path) -> float:
+    """The exported HF student must compute what the pruned Megatron student computes."""
+    from safetensors.torch import load_file
+
+    from minitron.runtime.inference import forward_logits
+
+    tokens = load_file(str(tokens_file))["validation"][:2, :-1]
+    distributed.initialize(1, 1)
+    model, _ = load_megatron_from_nemo(nemo_dir, dtype=torch.float32)
+    logits = forward_logits(model.eval(), tokens.to(distributed.device())).float().cpu()
+    return (logits - hf_logits(hf_dir, tokens)).abs().max().item()

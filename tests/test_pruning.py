@@ -1,0 +1,180 @@
+"""Minitron pruning on tiny random Llamas: shapes, exact export, score reuse, baselines, depth methods."""
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch.testing import assert_close
+
+from conftest import REPO, tokens
+from conversion.convert import load_megatron_from_nemo, nemo_to_hf
+from conversion.verify import hf_logits
+from minitron.errors import MinitronError
+from minitron.pruning import importance as imp
+from minitron.pruning.config import PruneConfig, StudentConfig
+from minitron.pruning.prune import PruneJob, check_target, run_job
+from minitron.runtime import distributed
+from minitron.runtime.inference import lm_loss
+from minitron.runtime.llama import LlamaArch
+
+CFG = PruneConfig(hidden_size_divisor=16, ffn_hidden_size_divisor=16, calibration_batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def token_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tok") / "tokens.safetensors"
+    save_file({"calibration": tokens(n=33, batch=8, seed=3), "validation": tokens(n=33, batch=4, seed=4)}, str(path))
+    return path
+
+
+def job(teacher, out, scores, token_file, **student):
+    return PruneJob(teacher=str(teacher), output=str(out), scores=str(scores), tokens=str(token_file),
+                    student=dataclasses.asdict(StudentConfig(name="s", **student)), prune=dataclasses.asdict(CFG))
+
+
+def reload_loss(nemo_dir, token_file):
+    from safetensors.torch import load_file
+
+    distributed.initialize(1, 1)
+    model, arch = load_megatron_from_nemo(nemo_dir)
+    val = load_file(str(token_file))["validation"]
+    return lm_loss(model.eval(), [val[i:i + 4] for i in range(0, len(val), 4)]), arch
+
+
+def test_width_student_is_exported_exactly(tiny_nemo, token_file, tmp_path):
+    result = run_job(job(tiny_nemo, tmp_path / "nemo", tmp_path / "scores", token_file,
+                         hidden_size=48, ffn_hidden_size=64, num_attention_heads=4))
+    assert (result["arch"]["hidden_size"], result["arch"]["ffn_hidden_size"]) == (48, 64)
+    assert (result["arch"]["num_attention_heads"], result["arch"]["num_query_groups"]) == (4, 4)
+    assert result["arch"]["head_dim"] == 24  # head_dim survives hidden-size pruning
+    loss, arch = reload_loss(tmp_path / "nemo", token_file)
+    assert loss == pytest.approx(result["validation_loss"], abs=1e-6)  # what was saved is what was pruned
+    assert result["parameters"] == arch.num_parameters() < result["teacher_parameters"]
+    nemo_to_hf(tmp_path / "nemo", tmp_path / "hf")
+    cfg = json.loads((tmp_path / "hf/config.json").read_text())
+    assert (cfg["hidden_size"], cfg["head_dim"], cfg["num_key_value_heads"]) == (48, 24, 4)
+    distributed.initialize(1, 1)
+    model, _ = load_megatron_from_nemo(tmp_path / "nemo")
+    tok = tokens()
+    from minitron.runtime.inference import forward_logits
+
+    assert_close(hf_logits(tmp_path / "hf", tok), forward_logits(model.eval(), tok), atol=1e-4, rtol=0)
+
+
+def test_scores_are_reused_without_a_forward_pass(tiny_nemo, token_file, tmp_path):
+    run_job(job(tiny_nemo, tmp_path / "a", tmp_path / "scores", token_file, num_layers=3))
+    saved = (tmp_path / "scores/scores.json").read_text()
+    # Token ids beyond the vocabulary would crash any calibration forward pass.
+    bad = tmp_path / "bad.safetensors"
+    save_file({"calibration": torch.full((8, 33), 10_000), "validation": tokens(n=33, batch=4, seed=4)}, str(bad))
+    result = run_job(job(tiny_nemo, tmp_path / "b", tmp_path / "scores", bad, hidden_size=32))
+    assert (tmp_path / "scores/scores.json").read_text() == saved
+    assert result["arch"]["hidden_size"] == 32
+
+
+def test_importance_scores_roundtrip(tiny_nemo, token_file, tmp_path):
+    run_job(job(tiny_nemo, tmp_path / "a", tmp_path / "scores", token_file, num_layers=3))
+    scores = imp.ImportanceScores.load(tmp_path / "scores")
+    scores.save(tmp_path / "again")
+    again = imp.ImportanceScores.load(tmp_path / "again")
+    assert again.layer_scores == scores.layer_scores and len(scores.layer_scores) == 4
+    for name, value in scores.activations_per_rank[0].items():
+        other = again.activations_per_rank[0][name]
+        if isinstance(value, dict):
+            assert all(torch.equal(a, b) for a, b in zip(value.values(), other.values()))
+        else:
+            assert torch.equal(value, other)
+
+
+def test_magnitude_keeps_the_largest_embedding_channels(tiny_nemo, token_file, tmp_path):
+    run_job(job(tiny_nemo, tmp_path / "nemo", tmp_path / "scores", token_file, hidden_size=32,
+                importance="magnitude"))
+    distributed.initialize(1, 1)
+    teacher, _ = load_megatron_from_nemo(tiny_nemo)
+    student, _ = load_megatron_from_nemo(tmp_path / "nemo")
+    emb = teacher.embedding.word_embeddings.weight.detach()
+    top = set(emb.norm(dim=0).topk(32).indices.tolist())
+    kept = student.embedding.word_embeddings.weight.detach()
+    matched = {j for j in range(emb.shape[1]) for k in range(kept.shape[1]) if torch.equal(emb[:, j], kept[:, k])}
+    assert matched == top
+
+
+def test_random_baseline_depends_on_seed(tiny_nemo, token_file, tmp_path):
+    def kept_columns(seed, folder):
+        global CFG
+        old, CFG = CFG, dataclasses.replace(CFG, seed=seed)
+        try:
+            run_job(job(tiny_nemo, folder, tmp_path / "scores", token_file, hidden_size=32, importance="random"))
+        finally:
+            CFG = old
+        model, _ = load_megatron_from_nemo(folder)
+        return model.embedding.word_embeddings.weight.detach()
+
+    a, b, a2 = kept_columns(1, tmp_path / "r1"), kept_columns(2, tmp_path / "r2"), kept_columns(1, tmp_path / "r3")
+    assert torch.equal(a, a2) and not torch.equal(a, b)
+
+
+@pytest.mark.parametrize("method", ["tail", "contiguous", "lm_loss", "importance"])
+def test_depth_methods_drop_the_layers_they_promise(method, tiny_nemo, token_file, tmp_path):
+    result = run_job(job(tiny_nemo, tmp_path / "nemo", tmp_path / "scores", token_file, num_layers=2,
+                         depth_method=method))
+    dropped = result["layers_dropped"]
+    assert len(dropped) == 2 and result["arch"]["num_layers"] == 2
+    scores = {int(k): v for k, v in result["layer_scores"].items()}
+    if method == "tail":
+        assert dropped == [3, 4]
+    elif method == "contiguous":
+        assert dropped == [dropped[0], dropped[0] + 1] and 1 not in dropped and 4 not in dropped
+    elif method == "lm_loss":
+        losses = {int(k): v for k, v in result["loss_without_layer"].items()}
+        assert dropped == sorted(sorted(losses, key=losses.get)[:2])
+    else:
+        assert dropped == sorted(sorted(scores, key=scores.get)[:2])
+
+
+def test_parameter_budget_search_respects_the_budget(tiny_nemo, token_file, tmp_path):
+    result = run_job(job(tiny_nemo, tmp_path / "nemo", tmp_path / "scores", token_file, params=0.8))
+    assert result["parameters"] <= 0.8 * result["teacher_parameters"]
+    assert result["parameters"] > 0.5 * result["teacher_parameters"]
+
+
+@pytest.mark.parametrize("student, tp, pp, message", [
+    (dict(hidden_size=128), 1, 1, "larger than the teacher"),
+    (dict(hidden_size=40), 1, 1, "not on the search grid"),
+    (dict(num_attention_heads=6), 1, 1, "not a multiple of the 4 KV groups"),
+    (dict(num_layers=2), 2, 1, "tensor_parallel=1"),
+    (dict(num_layers=2, depth_method="lm_loss"), 1, 2, "lm_loss needs pipeline_parallel=1"),
+])
+def test_impossible_targets_are_refused_up_front(tiny_hf, student, tp, pp, message):
+    arch = LlamaArch.from_hf_dir(tiny_hf)
+    problems = check_target(StudentConfig(name="x", **student), arch, CFG, tp, pp)
+    assert any(message in p for p in problems), problems
+
+
+def test_student_config_validation():
+    from minitron import config
+
+    with pytest.raises(MinitronError, match="either params or a target shape"):
+        config.build(StudentConfig, {"name": "x", "params": 0.5, "num_layers": 3})
+    with pytest.raises(MinitronError, match="give a target shape"):
+        config.build(StudentConfig, {"name": "x"})
+
+
+@pytest.mark.torchrun
+def test_pipeline_parallel_pruning(tiny_nemo, token_file, tmp_path):
+    j = job(tiny_nemo, tmp_path / "nemo", tmp_path / "scores", token_file, hidden_size=48, num_layers=3)
+    j.pipeline_parallel, j.result = 2, str(tmp_path / "result.json")
+    j.save(tmp_path / "job.json")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "minitron.cli", "prune-job", str(tmp_path / "job.json")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["calibration"]["pipeline_parallel"] == 2 and len(result["layer_scores"]) == 4
+    loss, arch = reload_loss(tmp_path / "nemo", token_file)  # saved at PP=2, loaded at PP=1
+    assert (arch.hidden_size, arch.num_layers) == (48, 3)
+    assert loss == pytest.approx(result["validation_loss"], abs=1e-5)
