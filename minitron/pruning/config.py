@@ -43,7 +43,9 @@ class StudentConfig:
 class PruneConfig:
     calibration_samples: int = doc(64, "sequences in the calibration forward loop (Minitron: 1024)")
     calibration_batch_size: int = doc(4, "sequences per calibration forward pass")
-    validation_samples: int = doc(16, "held-out sequences to score students (lm_loss depth, params search, report)")
+    validation_samples: int = doc(16, "held-out (validation split) sequences on which students are reported")
+    selection_samples: int = doc(8, "calibration (train split) sequences that score choices: lm_loss depth "
+                                    "and the params search; kept apart from the validation text")
     hidden_size_divisor: int = doc(64, "search grid for hidden_size (Model Optimizer's divisor)")
     ffn_hidden_size_divisor: int = doc(64, "search grid for ffn_hidden_size")
     num_layers_divisor: int = doc(1, "search grid for num_layers")
@@ -57,9 +59,12 @@ class PruneConfig:
         names = [s.name for s in self.students]
         problems = [f"prune.students: duplicate name {n!r}" for n in set(names) if names.count(n) > 1]
         problems += [f"prune.only: no student named {n!r} (have {names})" for n in self.only if n not in names]
-        for key in ("calibration_samples", "calibration_batch_size", "validation_samples", "top_k"):
+        for key in ("calibration_samples", "calibration_batch_size", "validation_samples", "selection_samples",
+                    "top_k"):
             if getattr(self, key) < 1:
                 problems.append(f"prune.{key} must be >= 1")
+        if self.selection_samples > self.calibration_samples:
+            problems.append("prune.selection_samples must be <= prune.calibration_samples")
         return problems
 
     def selected(self) -> list[StudentConfig]:

@@ -122,19 +122,19 @@ def calibrate_scores(job: PruneJob, cfg: PruneConfig, calibration: torch.Tensor)
     return scores
 
 
-def _removal_losses(model, validation: list[torch.Tensor]) -> dict[int, float]:
-    """Validation loss with each layer removed in turn (1-indexed); needs PP=1."""
+def _removal_losses(model, batches: list[torch.Tensor]) -> dict[int, float]:
+    """LM loss with each layer removed in turn (1-indexed); needs PP=1."""
     layers = model.decoder.layers
     losses = {}
     for i in range(len(layers)):
         model.decoder.layers = torch.nn.ModuleList([lay for j, lay in enumerate(layers) if j != i])
-        losses[i + 1] = lm_loss(model, validation)
+        losses[i + 1] = lm_loss(model, batches)
     model.decoder.layers = layers
     return losses
 
 
 def layer_ranking(student: StudentConfig, scores: imp.ImportanceScores, model, arch: LlamaArch,
-                  validation) -> tuple[dict[int, float], dict]:
+                  selection) -> tuple[dict[int, float], dict]:
     """Scores that make Model Optimizer drop the layers `student.depth_method` chooses."""
     n, keep = arch.num_layers, student.num_layers or arch.num_layers
     method = student.depth_method
@@ -144,7 +144,7 @@ def layer_ranking(student: StudentConfig, scores: imp.ImportanceScores, model, a
         return imp.scores_dropping(imp.tail_layers(n, keep), n), {}
     if method == "contiguous":
         return imp.scores_dropping(imp.contiguous_block(scores.layer_scores, keep), n), {}
-    losses = _removal_losses(model, validation)
+    losses = _removal_losses(model, selection)
     return losses, {"loss_without_layer": losses}
 
 
@@ -156,10 +156,13 @@ def run_job(job: PruneJob) -> dict:
     student = StudentConfig(**job.student)
     tokens = load_file(job.tokens)
     validation = _batches(tokens["validation"], cfg.calibration_batch_size)
+    # Choices (which layers, which searched shape) are scored on training text, never on the
+    # validation text the students are reported on.
+    selection = _batches(tokens["calibration"][: cfg.selection_samples], cfg.calibration_batch_size)
     scores = calibrate_scores(job, cfg, tokens["calibration"])
     model, arch = _load_teacher(job, cfg)
     teacher_loss = lm_loss(model, validation)
-    layer_scores, depth_info = layer_ranking(student, scores, model, arch, validation)
+    layer_scores, depth_info = layer_ranking(student, scores, model, arch, selection)
     if student.importance == "activation":
         width = scores
     else:
@@ -169,7 +172,7 @@ def run_job(job: PruneJob) -> dict:
     search = {"scores_path": None}
     if student.params is not None:
         constraints = {"params": student.params * arch.num_parameters()}
-        search.update(score_func=lambda m: -lm_loss(m, validation), top_k=cfg.top_k)
+        search.update(score_func=lambda m: -lm_loss(m, selection), top_k=cfg.top_k)
     else:
         export = {key: getattr(student, key) for key in SHAPE_KEYS if getattr(student, key) is not None}
         constraints = {"export_config": export}

@@ -1,0 +1,55 @@
+"""The ``data`` section of a recipe: which text, how it is split, how samples are cut."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+from minitron.config import doc
+
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass
+class DataConfig:
+    source: str = doc("embedded:python-docs",
+                      "text to train/calibrate/evaluate on: embedded:python-docs (Python 3.11 docs from "
+                      "Debian's python3.11-doc, ~2.4M SmolLM2 tokens), a .txt/.jsonl/.json/.parquet file or "
+                      "a folder of them, or hf:<dataset>[:<config>] (needs the Hugging Face hub), e.g. "
+                      "hf:Salesforce/wikitext:wikitext-103-raw-v1")
+    text_key: str = doc("text", "field that holds the text in .jsonl/.json/.parquet rows")
+    txt_documents: Literal["paragraphs", "file"] = doc(
+        "paragraphs", ".txt files: 'paragraphs' makes every blank-line-separated block a document; "
+                      "'file' makes the whole file one document")
+    split: list[float] = doc([0.9, 0.05, 0.05],
+                             "train/validation/test fractions; each document goes to one split by the "
+                             "sha256 of its text (duplicates removed first), so no text is in two splits")
+    seq_length: int = doc(1024, "tokens per packed sample (each sample holds seq_length+1 tokens: "
+                                "inputs plus next-token labels)")
+    seed: int = doc(1234, "seed for the order of training samples (validation/test order is fixed)")
+    max_documents: Optional[int] = doc(None, "read only the first N distinct documents (quick runs); "
+                                             "null reads all")
+    cache: bool = doc(True, "reuse prepared (tokenized) data with the same source, tokenizer and split; "
+                            "false rebuilds it")
+    cache_dir: Optional[str] = doc(None, "folder for prepared data; null means $MINITRON_CACHE/data "
+                                         "(default ~/.cache/minitron/data)")
+
+    def check(self) -> list[str]:
+        problems = []
+        if not self.source.strip():
+            problems.append("data.source must not be empty")
+        if not self.text_key:
+            problems.append("data.text_key must not be empty")
+        if len(self.split) != len(SPLITS) or any(f < 0 for f in self.split) or self.split[0] <= 0:
+            problems.append(f"data.split={self.split} must be 3 fractions [train, validation, test], "
+                            "none negative, train > 0")
+        if self.seq_length < 1:
+            problems.append(f"data.seq_length={self.seq_length} must be >= 1")
+        if self.max_documents is not None and self.max_documents < 1:
+            problems.append(f"data.max_documents={self.max_documents} must be >= 1 or null")
+        return problems
+
+    def fractions(self) -> dict[str, float]:
+        """The split fractions, normalized to sum to 1."""
+        total = sum(self.split)
+        return {name: f / total for name, f in zip(SPLITS, self.split)}

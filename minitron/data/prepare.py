@@ -1,0 +1,189 @@
+"""Text -> tokenized Megatron indexed datasets (.bin/.idx), one per split, cached by content.
+
+Each distinct document (exact duplicates dropped) is tokenized with the model's HF tokenizer
+(no BOS, EOS appended, as Megatron's ``preprocess_data --append-eod`` does) and written to
+the split chosen by the sha256 of its text. The output folder
+
+    <cache>/<source slug>-<key>/{train,validation,test}.{bin,idx}, summary.json
+
+is named by a hash of everything that decides its content (source files with sizes and
+mtimes, tokenizer files, split fractions, reader options, format version), so a second
+``prepare`` with the same inputs reuses it, and any change builds a new one. It is written
+beside its final name and renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from minitron.data.config import SPLITS, DataConfig
+from minitron.data.publish import building
+from minitron.data.sources import iter_documents, parse_source, source_identity, source_slug
+from minitron.data.tokenizer import load_tokenizer, max_token_id, tokenizer_hash
+from minitron.errors import MinitronError
+
+FORMAT_VERSION = 1
+SUMMARY = "summary.json"
+_BATCH_DOCS = 64  # documents per tokenizer call: the fast tokenizer parallelizes within a batch
+
+
+@dataclass
+class PreparedData:
+    """A prepared dataset: one Megatron indexed dataset per split, plus its numbers."""
+
+    root: Path
+    tokenizer_dir: Path
+    prefixes: dict[str, str]      # split -> .bin/.idx path prefix
+    tokens: dict[str, int]        # split -> tokens (EOS included)
+    documents: dict[str, int]     # split -> documents
+    info: dict = field(default_factory=dict)  # source, duplicates, tokenizer facts, build time
+
+    def summary(self) -> dict:
+        return {"root": str(self.root), "tokenizer_dir": str(self.tokenizer_dir),
+                "splits": {s: {"documents": self.documents[s], "tokens": self.tokens[s],
+                               "prefix": self.prefixes[s]} for s in SPLITS},
+                **self.info}
+
+    @classmethod
+    def load(cls, root: str | Path, tokenizer_dir: str | Path | None = None) -> "PreparedData":
+        root = Path(root)
+        try:
+            summary = json.loads((root / SUMMARY).read_text())
+        except (OSError, json.JSONDecodeError):
+            raise MinitronError(f"{root}: not a prepared dataset (no readable {SUMMARY})") from None
+        splits = summary.pop("splits")
+        summary.pop("root", None)
+        stored_tokenizer = summary.pop("tokenizer_dir")
+        return cls(root=root, tokenizer_dir=Path(tokenizer_dir or stored_tokenizer),
+                   prefixes={s: str(root / s) for s in SPLITS},  # the folder may have moved
+                   tokens={s: v["tokens"] for s, v in splits.items()},
+                   documents={s: v["documents"] for s, v in splits.items()}, info=summary)
+
+
+def prepare(data_cfg: DataConfig, tokenizer_dir: str | Path) -> PreparedData:
+    """Tokenize ``data_cfg.source`` into train/validation/test indexed datasets (cached)."""
+    tokenizer_dir = Path(tokenizer_dir)
+    target = prepared_dir(data_cfg, tokenizer_dir)
+    if data_cfg.cache and (target / SUMMARY).is_file():
+        return PreparedData.load(target, tokenizer_dir)
+    with building(target, SUMMARY, replace=not data_cfg.cache) as tmp:
+        _build(data_cfg, tokenizer_dir, tmp)
+    return PreparedData.load(target, tokenizer_dir)
+
+
+def prepared_dir(data_cfg: DataConfig, tokenizer_dir: Path) -> Path:
+    """Where the prepared data for these inputs lives (named by the hash of the inputs)."""
+    key = {"format": FORMAT_VERSION, "source": source_identity(data_cfg),
+           "tokenizer": tokenizer_hash(tokenizer_dir), "split": [float(f) for f in data_cfg.split],
+           "text_key": data_cfg.text_key, "txt_documents": data_cfg.txt_documents,
+           "max_documents": data_cfg.max_documents}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    base = Path(data_cfg.cache_dir) if data_cfg.cache_dir else _default_cache()
+    return base / f"{source_slug(data_cfg.source)}-{digest}"
+
+
+def _default_cache() -> Path:
+    from conversion.gguf_to_hf import cache_dir
+
+    return cache_dir() / "data"
+
+
+def split_of(text: str, bounds: list[tuple[str, float]]) -> str:
+    """The split of a document: a uniform number from the sha256 of its text, cut at `bounds`."""
+    return _split_of_digest(_digest(text), bounds)
+
+
+def _split_of_digest(digest: bytes, bounds: list[tuple[str, float]]) -> str:
+    u = int.from_bytes(digest[:8], "big") / 2.0 ** 64
+    return next((name for name, upper in bounds if u < upper), bounds[-1][0])
+
+
+def _digest(text: str) -> bytes:
+    # Surrounding whitespace does not make a document different.
+    return hashlib.sha256(text.strip().encode("utf-8")).digest()
+
+
+def _bounds(data_cfg: DataConfig) -> list[tuple[str, float]]:
+    upper, bounds = 0.0, []
+    for name, fraction in data_cfg.fractions().items():
+        upper += fraction
+        if fraction > 0:
+            bounds.append((name, upper))
+    return bounds
+
+
+def _build(data_cfg: DataConfig, tokenizer_dir: Path, out: Path) -> None:
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder, get_bin_path
+    from tqdm import tqdm
+
+    start = time.time()
+    tokenizer = load_tokenizer(tokenizer_dir)
+    top_id = max_token_id(tokenizer)
+    # uint16 halves the files for vocabularies up to 65536 (SmolLM2); Llama 3.1 needs int32.
+    dtype = np.uint16 if top_id < 2 ** 16 else np.int32
+    builders = {s: IndexedDatasetBuilder(get_bin_path(str(out / s)), dtype=dtype) for s in SPLITS}
+    stats = {s: {"documents": 0, "tokens": 0} for s in SPLITS}
+    bounds, seen, duplicates, pending = _bounds(data_cfg), set(), 0, []
+    total = _document_count_hint(data_cfg)
+    with tqdm(desc=f"tokenize {data_cfg.source}", unit="doc", total=total) as progress:
+        for doc in iter_documents(data_cfg):
+            digest = _digest(doc.text)
+            if digest in seen:
+                duplicates += 1
+                continue
+            if data_cfg.max_documents is not None and len(seen) >= data_cfg.max_documents:
+                break
+            seen.add(digest)
+            pending.append((doc.text, _split_of_digest(digest, bounds)))
+            if len(pending) == _BATCH_DOCS:
+                _write_batch(pending, tokenizer, builders, stats)
+                progress.update(len(pending))
+                pending = []
+        _write_batch(pending, tokenizer, builders, stats)
+        progress.update(len(pending))
+    if not seen:
+        raise MinitronError(f"data.source={data_cfg.source}: no documents (all empty)")
+    for split, builder in builders.items():
+        builder.finalize(str(out / f"{split}.idx"))
+    _write_summary(out, data_cfg, tokenizer_dir, tokenizer, stats, duplicates, dtype, time.time() - start)
+
+
+def _write_batch(pending, tokenizer, builders, stats) -> None:
+    if not pending:
+        return
+    ids = tokenizer([text for text, _ in pending], add_special_tokens=False)["input_ids"]
+    eos = tokenizer.eos_token_id
+    for (_, split), doc_ids in zip(pending, ids):
+        tokens = np.asarray(doc_ids + [eos], dtype=np.int64)
+        builders[split].add_document(tokens, [len(tokens)])
+        stats[split]["documents"] += 1
+        stats[split]["tokens"] += len(tokens)
+
+
+def _document_count_hint(data_cfg: DataConfig) -> int | None:
+    """Number of documents when cheaply known (embedded corpora), for the progress bar's ETA."""
+    kind, name = parse_source(data_cfg.source)
+    if kind != "embedded":
+        return data_cfg.max_documents
+    from minitron.data.corpus import corpus_source
+
+    total = corpus_source(name)["documents"]
+    return min(total, data_cfg.max_documents or total)
+
+
+def _write_summary(out, data_cfg, tokenizer_dir, tokenizer, stats, duplicates, dtype, seconds) -> None:
+    from minitron.io import write_json_atomic
+
+    summary = {"format": FORMAT_VERSION, "source": data_cfg.source, "tokenizer_dir": str(tokenizer_dir),
+               "splits": {s: {**stats[s], "prefix": s} for s in SPLITS},  # relative: the folder is renamed
+               "split_fractions": data_cfg.fractions(), "duplicates_dropped": duplicates,
+               "eos_token_id": tokenizer.eos_token_id, "tokenizer_size": len(tokenizer),
+               "max_token_id": max_token_id(tokenizer), "token_dtype": np.dtype(dtype).name,
+               "tokenizer_sha256": tokenizer_hash(tokenizer_dir), "build_seconds": round(seconds, 1)}
+    write_json_atomic(out / SUMMARY, summary)

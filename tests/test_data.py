@@ -1,0 +1,343 @@
+"""Data pipeline: sources, document-level splits, caching, packed samples, bad input.
+
+Fast tests use the 256-token byte-level tokenizer (one token per UTF-8 byte, so decoded
+samples can be compared with the source text exactly) and real English text from the
+standard library's own documentation topics (``pydoc_data.topics``).
+"""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import byte_tokenizer
+from minitron.config import build
+from minitron.data import (SPLITS, DataConfig, PreparedData, batches, check_tokenizer_matches, prepare,
+                           samples)
+from minitron.errors import MinitronError
+
+
+def topic_texts(n=None):
+    from pydoc_data.topics import topics
+
+    distinct = dict.fromkeys(topics[k].strip() for k in sorted(topics))  # two topics share a text
+    return list(distinct)[:n]
+
+
+@pytest.fixture(scope="module")
+def byte_tok(tmp_path_factory):
+    path = tmp_path_factory.mktemp("byte_tok")
+    byte_tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def eos(byte_tok):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(byte_tok).eos_token_id
+
+
+def write_jsonl(path, texts, key="text"):
+    path.write_text("".join(json.dumps({key: t}) + "\n" for t in texts))
+    return path
+
+
+def cfg(source, tmp_path, **kw):
+    return DataConfig(source=str(source), cache_dir=str(tmp_path / "cache"), **kw)
+
+
+def split_documents(prepared: PreparedData, tokenizer_dir) -> dict[str, list[str]]:
+    """Decode every document back out of the .bin/.idx files."""
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    out = {}
+    for split in SPLITS:
+        ds = IndexedDataset(prepared.prefixes[split])
+        docs = [ds[i] for i in range(len(ds))]
+        assert all(d[-1] == tok.eos_token_id for d in docs)  # every document ends with EOS
+        out[split] = [tok.decode(d[:-1].tolist()) for d in docs]
+    return out
+
+
+@pytest.fixture(scope="module")
+def topics_prepared(tmp_path_factory, byte_tok):
+    """78 distinct documents plus 5 exact duplicates (one with extra surrounding whitespace)."""
+    tmp = tmp_path_factory.mktemp("topics")
+    texts = topic_texts()
+    source = write_jsonl(tmp / "docs.jsonl", texts + texts[:4] + ["\n  " + texts[10] + "  \n"])
+    prepared = prepare(cfg(source, tmp, split=[0.6, 0.2, 0.2]), byte_tok)
+    return prepared, texts
+
+
+def test_splits_are_disjoint_and_cover_every_distinct_document(topics_prepared, byte_tok):
+    prepared, texts = topics_prepared
+    docs = split_documents(prepared, byte_tok)
+    sets = {s: set(d) for s, d in docs.items()}
+    assert all(len(sets[s]) == len(docs[s]) > 0 for s in SPLITS)  # no duplicates inside a split either
+    assert not sets["train"] & sets["validation"]
+    assert not sets["train"] & sets["test"]
+    assert not sets["validation"] & sets["test"]
+    assert set().union(*sets.values()) == set(texts)
+    assert prepared.summary()["duplicates_dropped"] == 5
+    assert prepared.documents == {s: len(docs[s]) for s in SPLITS}
+    # byte tokenizer: tokens = UTF-8 bytes + one EOS per document
+    assert prepared.tokens == {s: sum(len(t.encode()) + 1 for t in docs[s]) for s in SPLITS}
+
+
+def test_split_is_by_document_text_not_by_position(topics_prepared, byte_tok, tmp_path):
+    prepared, texts = topics_prepared
+    reversed_source = write_jsonl(tmp_path / "reversed.jsonl", texts[::-1])
+    again = prepare(cfg(reversed_source, tmp_path, split=[0.6, 0.2, 0.2]), byte_tok)
+    first, second = split_documents(prepared, byte_tok), split_documents(again, byte_tok)
+    assert {s: set(d) for s, d in first.items()} == {s: set(d) for s, d in second.items()}
+
+
+def test_samples_are_contiguous_text_with_labels_shifted_by_one(topics_prepared, byte_tok, eos):
+    from transformers import AutoTokenizer
+
+    prepared, texts = topics_prepared
+    tok = AutoTokenizer.from_pretrained(byte_tok)
+    rows = samples(prepared, "train", seq_length=128, num_samples=40, seed=7)
+    assert len(rows) == 40
+    for i in range(len(rows)):
+        row = rows[i]
+        assert row.dtype == torch.long and row.shape == (129,)
+        item = rows.dataset[i]  # Megatron's own view of the same sample
+        assert torch.equal(row[:-1], item["tokens"]) and torch.equal(row[1:], item["labels"])
+        # Packed across documents: every piece between EOS tokens is a piece of one document.
+        pieces = [tok.decode(p) for p in _split_on(row.tolist(), eos)]
+        assert all(any(p in t for t in texts) for p in pieces if p)
+    assert any(eos in rows[i].tolist() for i in range(len(rows)))  # some sample crosses a boundary
+
+
+def _split_on(ids, sep):
+    piece = []
+    for t in ids:
+        if t == sep:
+            yield piece
+            piece = []
+        else:
+            piece.append(t)
+    yield piece
+
+
+def test_batches_shape_and_order(topics_prepared):
+    prepared, _ = topics_prepared
+    rows = samples(prepared, "train", 64, num_samples=10, seed=3)
+    got = list(batches(prepared, "train", 64, batch_size=4, num_samples=10, seed=3))
+    assert [tuple(b.shape) for b in got] == [(4, 65), (4, 65), (2, 65)]
+    assert torch.equal(torch.cat(got), torch.stack(list(rows)))
+    dropped = list(batches(prepared, "train", 64, batch_size=4, num_samples=10, seed=3, drop_last=True))
+    assert [tuple(b.shape) for b in dropped] == [(4, 65), (4, 65)]
+
+
+def test_training_samples_deterministic_per_seed(topics_prepared):
+    prepared, _ = topics_prepared
+    a = torch.stack(list(samples(prepared, "train", 64, num_samples=30, seed=11)))
+    b = torch.stack(list(samples(prepared, "train", 64, num_samples=30, seed=11)))
+    c = torch.stack(list(samples(prepared, "train", 64, num_samples=30, seed=12)))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_more_training_samples_than_an_epoch_repeat_the_data(topics_prepared):
+    prepared, _ = topics_prepared
+    epoch = len(samples(prepared, "train", 256, seed=1))
+    assert epoch == (prepared.tokens["train"] - 1) // 256
+    longer = samples(prepared, "train", 256, num_samples=epoch * 2 + 5, seed=1)
+    assert len(longer) == epoch * 2 + 5
+    assert longer[-1].shape == (257,)
+
+
+def test_validation_samples_fixed_whatever_the_seed(topics_prepared):
+    prepared, _ = topics_prepared
+    full = torch.stack(list(samples(prepared, "validation", 64, seed=1)))
+    other_seed = torch.stack(list(samples(prepared, "validation", 64, seed=999)))
+    first10 = torch.stack(list(samples(prepared, "validation", 64, num_samples=10, seed=5)))
+    assert torch.equal(full, other_seed)
+    assert torch.equal(first10, full[:10])
+    assert len(full) == (prepared.tokens["validation"] - 1) // 64
+    with pytest.raises(MinitronError, match="validation split has"):
+        samples(prepared, "validation", 64, num_samples=len(full) + 1)
+
+
+def test_cache_reused_and_invalidated(tmp_path, byte_tok):
+    source = write_jsonl(tmp_path / "docs.jsonl", topic_texts(30))
+    first = prepare(cfg(source, tmp_path), byte_tok)
+    summary = first.root / "summary.json"
+    stamp = summary.stat().st_mtime_ns
+    again = prepare(cfg(source, tmp_path), byte_tok)
+    assert again.root == first.root and summary.stat().st_mtime_ns == stamp  # not re-tokenized
+    rebuilt = prepare(cfg(source, tmp_path, cache=False), byte_tok)
+    assert rebuilt.root == first.root and summary.stat().st_mtime_ns != stamp
+    assert rebuilt.tokens == first.tokens
+    write_jsonl(source, topic_texts(31))  # the source changed: a new prepared folder
+    changed = prepare(cfg(source, tmp_path), byte_tok)
+    assert changed.root != first.root
+    assert sum(changed.documents.values()) == 31
+    other_split = prepare(cfg(source, tmp_path, split=[0.5, 0.25, 0.25]), byte_tok)
+    assert other_split.root != changed.root
+    leftovers = [p.name for p in (tmp_path / "cache").iterdir() if p.name.startswith(".")]
+    assert leftovers == []  # no temporary or replaced folders left behind
+
+
+def test_txt_paragraphs_or_whole_file_and_folders(tmp_path, byte_tok):
+    folder = tmp_path / "corpus"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.txt").write_text("First paragraph.\n\nSecond paragraph.\n   \nThird.\n")
+    write_jsonl(folder / "sub" / "b.jsonl", ["Fourth document.", "Fifth document."], key="body")
+    (folder / "notes.md").write_text("ignored: not a data format")
+    paragraphs = prepare(cfg(folder, tmp_path, text_key="body", split=[1, 0, 0]), byte_tok)
+    assert paragraphs.documents == {"train": 5, "validation": 0, "test": 0}
+    (folder / "sub" / "b.jsonl").unlink()
+    whole = prepare(cfg(folder, tmp_path, txt_documents="file", split=[1, 0, 0]), byte_tok)
+    assert whole.documents["train"] == 1
+    with pytest.raises(MinitronError, match="validation split has 0 tokens"):
+        samples(whole, "validation", 8)
+
+
+def test_json_list_source(tmp_path, byte_tok):
+    path = tmp_path / "docs.json"
+    path.write_text(json.dumps([{"text": t} for t in topic_texts(6)]))
+    prepared = prepare(cfg(path, tmp_path, split=[1, 0, 0]), byte_tok)
+    assert prepared.documents["train"] == 6
+
+
+def test_max_documents(tmp_path, byte_tok):
+    source = write_jsonl(tmp_path / "docs.jsonl", topic_texts(20))
+    prepared = prepare(cfg(source, tmp_path, max_documents=7), byte_tok)
+    assert sum(prepared.documents.values()) == 7
+
+
+@pytest.mark.parametrize("name,content,expected", [
+    ("empty.txt", "  \n\n \n", "no documents"),
+    ("empty.jsonl", "", "no documents"),
+    ("data.csv", "text\nhello\n", "unknown data format '.csv'"),
+    ("no_key.jsonl", '{"text": "fine"}\n{"content": "wrong key"}\n', ":2: no 'text' field"),
+    ("broken.jsonl", '{"text": "fine"}\n{"text": \n', ":2: invalid JSON"),
+    ("not_list.json", '{"text": "a single object"}', "must be a list of objects"),
+    ("number.jsonl", '{"text": 42}\n', "must be a string"),
+    ("latin1.txt", "caf\xe9 au lait".encode("latin-1"), "cannot read"),
+])
+def test_bad_sources_name_the_file(tmp_path, byte_tok, name, content, expected):
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(MinitronError, match=expected) as err:
+        prepare(cfg(path, tmp_path), byte_tok)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+    cache = tmp_path / "cache"
+    assert not cache.exists() or list(cache.iterdir()) == []  # nothing half-written
+
+
+def test_missing_source_and_empty_folder(tmp_path, byte_tok):
+    with pytest.raises(MinitronError, match="not found") as err:
+        prepare(cfg(tmp_path / "nope.jsonl", tmp_path), byte_tok)
+    assert "nope.jsonl" in str(err.value)
+    (tmp_path / "empty_dir").mkdir()
+    with pytest.raises(MinitronError, match="folder has no") as err:
+        prepare(cfg(tmp_path / "empty_dir", tmp_path), byte_tok)
+    assert "empty_dir" in str(err.value)
+
+
+def test_unknown_embedded_corpus(tmp_path, byte_tok):
+    with pytest.raises(MinitronError, match="unknown embedded corpus.*embedded:python-docs"):
+        prepare(DataConfig(source="embedded:nope", cache_dir=str(tmp_path)), byte_tok)
+
+
+def test_embedded_corpus_without_apt_get_says_what_to_pass(tmp_path, monkeypatch):
+    from minitron.data.corpus import embedded_corpus
+
+    monkeypatch.setenv("MINITRON_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PATH", str(tmp_path))  # a machine without apt-get
+    with pytest.raises(MinitronError, match=r"needs apt-get.*pass data.source=<path to \.txt"):
+        embedded_corpus("python-docs")
+    assert not (tmp_path / "cache" / "corpora" / "python-docs").exists()
+
+
+def test_concurrent_builders_keep_one_complete_copy(tmp_path):
+    from minitron.data.publish import building
+
+    target = tmp_path / "prepared"
+    with building(target, "done") as slow:
+        (slow / "done").write_text("slow")
+        with building(target, "done") as fast:  # e.g. another rank, finishing first
+            (fast / "done").write_text("fast")
+    assert (target / "done").read_text() == "fast"
+    with building(target, "done", replace=True) as again:
+        (again / "done").write_text("rebuilt")
+    assert (target / "done").read_text() == "rebuilt"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prepared"]  # no temporary folders left
+
+
+def test_parquet_and_hf_need_datasets(tmp_path, byte_tok):
+    try:
+        import datasets  # noqa: F401
+        pytest.skip("datasets is installed; this checks the message given without it")
+    except ImportError:
+        pass
+    path = tmp_path / "docs.parquet"
+    path.write_bytes(b"PAR1")
+    with pytest.raises(MinitronError, match="needs the 'datasets' package") as err:
+        prepare(cfg(path, tmp_path), byte_tok)
+    assert str(path) in str(err.value)
+    with pytest.raises(MinitronError, match="hf:Salesforce/wikitext"):
+        prepare(DataConfig(source="hf:Salesforce/wikitext:wikitext-103-raw-v1", cache_dir=str(tmp_path)),
+                byte_tok)
+
+
+def test_tokenizer_mismatch_detected(byte_tok, tmp_path):
+    check_tokenizer_matches(byte_tok, 256)
+    check_tokenizer_matches(byte_tok, 512)  # a padded embedding is fine
+    with pytest.raises(MinitronError, match="256 tokens.*vocab_size is 255") as err:
+        check_tokenizer_matches(byte_tok, 255)
+    assert str(byte_tok) in str(err.value)
+    with pytest.raises(MinitronError, match="tokenizer folder not found"):
+        check_tokenizer_matches(tmp_path / "missing", 256)
+
+
+def test_data_config_checked_through_recipe_loader():
+    ok = build(DataConfig, {"source": "x.jsonl", "split": [8, 1, 1], "max_documents": 5})
+    assert ok.fractions() == {"train": 0.8, "validation": 0.1, "test": 0.1}
+    with pytest.raises(MinitronError, match=r"unknown key 'sorce' \(did you mean 'source'\?\).*'lines'"):
+        build(DataConfig, {"txt_documents": "lines", "sorce": "x"})
+    with pytest.raises(MinitronError) as err:  # check() runs once the types are right
+        build(DataConfig, {"split": [0.5, 0.5], "seq_length": 0, "max_documents": 0})
+    for part in ("data.split=[0.5, 0.5]", "data.seq_length=0", "data.max_documents=0"):
+        assert part in str(err.value)
+
+
+def test_html_to_text_keeps_prose_and_code_drops_navigation():
+    from minitron.data.html_text import html_to_text
+
+    html = """<html><head><style>p {}</style><script>var x;</script></head><body>
+    <div class="related" role="navigation"><a href="x">previous</a></div>
+    <div class="body" role="main"><section><h1>Title<a class="headerlink" href="#t">¶</a></h1>
+    <p>Some   <em>inline</em>
+    text.</p><div class="highlight"><pre>def f():
+        return 1
+</pre></div><div class="toctree-wrapper"><ul><li>link list</li></ul></div>
+    <table><tr><td><p>a</p></td><td><p>b</p></td></tr></table></section></div>
+    <div class="footer">Copyright</div></body></html>"""
+    assert html_to_text(html) == "Title\n\nSome inline text.\n\ndef f():\n        return 1\n\na | b"
+
+
+@pytest.mark.smollm2
+def test_embedded_corpus_with_smollm2(smollm2_hf):
+    """Builds the default corpus (first run: apt-get download python3.11-doc, ~15 s) and tokenizes it."""
+    from transformers import AutoTokenizer
+
+    prepared = prepare(DataConfig(), smollm2_hf)
+    info = prepared.summary()
+    assert info["source"] == "embedded:python-docs" and info["token_dtype"] == "uint16"
+    assert sum(prepared.tokens.values()) > 2_000_000
+    assert prepared.tokens["validation"] > 50_000 and prepared.tokens["test"] > 50_000
+    check_tokenizer_matches(smollm2_hf, 49152)
+    rows = samples(prepared, "validation", 256, num_samples=4)
+    text = AutoTokenizer.from_pretrained(smollm2_hf).decode(rows[0])
+    assert len(text.split()) > 20 and np.mean([c.isascii() for c in text]) > 0.95
+    assert os.path.isfile(prepared.prefixes["train"] + ".bin")
