@@ -71,6 +71,16 @@ def cmd_prune_job(args) -> None:
     return None
 
 
+def cmd_train_job(args) -> None:
+    from minitron.runtime import distributed
+    from minitron.training.loop import TrainJob, train
+
+    result = distributed.distributed_entry(train)(TrainJob.load(args.job))
+    if args.result_file and distributed.is_rank0():
+        Path(args.result_file).write_text(json.dumps(result))
+    return None
+
+
 def cmd_model(args) -> dict:
     from conversion.gguf_to_hf import default_model_dir
 
@@ -130,6 +140,11 @@ def parser() -> argparse.ArgumentParser:
     j.add_argument("job", help="job JSON written by the prune stage")
     j.add_argument("--result-file", default=None, help=argparse.SUPPRESS)
     j.set_defaults(func=cmd_prune_job)
+
+    t = sub.add_parser("train-job", help="(internal) one training job, run on every rank under torchrun")
+    t.add_argument("job", help="job JSON written by the distill / teacher-correction stage")
+    t.add_argument("--result-file", default=None, help=argparse.SUPPRESS)
+    t.set_defaults(func=cmd_train_job)
 
     m = sub.add_parser("model", help="embedded default model")
     m.add_argument("which", choices=["default"])

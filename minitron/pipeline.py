@@ -37,7 +37,11 @@ def preflight(recipe: Recipe) -> None:
     from minitron.pruning.prune import check_target
     from minitron.runtime.llama import LlamaArch
 
-    arch = LlamaArch.from_hf_dir(resolve_hf_source(recipe.model.source))
+    from minitron.data import check_tokenizer_matches
+
+    hf_dir = resolve_hf_source(recipe.model.source)
+    arch = LlamaArch.from_hf_dir(hf_dir)
+    check_tokenizer_matches(hf_dir, arch.vocab_size)
     problems = []
     for student in recipe.prune.selected():
         problems += check_target(student, arch, recipe.prune, recipe.parallel.tensor_parallel,

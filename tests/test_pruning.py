@@ -178,3 +178,64 @@ def test_pipeline_parallel_pruning(tiny_nemo, token_file, tmp_path):
     loss, arch = reload_loss(tmp_path / "nemo", token_file)  # saved at PP=2, loaded at PP=1
     assert (arch.hidden_size, arch.num_layers) == (48, 3)
     assert loss == pytest.approx(result["validation_loss"], abs=1e-5)
+
+
+def write_recipe(tmp_path, hf, students: str) -> "Path":
+    text = tmp_path / "corpus.txt"
+    paragraphs = [f"Paragraph {i}: the quick brown fox jumps over the lazy dog while llamas graze "
+                  f"on the high plateau number {i * 7 % 13}." for i in range(400)]
+    text.write_text("\n\n".join(paragraphs))
+    recipe = tmp_path / "tiny_prune.yaml"
+    recipe.write_text(f"""# Run: minitron run --config tiny_prune.yaml
+name: tiny
+stages: [import, prune]
+model: {{source: {hf}}}
+data: {{source: {text}, seq_length: 32, cache_dir: {tmp_path / 'data'}}}
+prune:
+  calibration_samples: 8
+  calibration_batch_size: 4
+  validation_samples: 4
+  selection_samples: 4
+  hidden_size_divisor: 16
+  ffn_hidden_size_divisor: 16
+  students: {students}
+""")
+    return recipe
+
+
+def test_prune_stage_end_to_end(tiny_hf, tmp_path):
+    from conftest import run_minitron
+
+    recipe = write_recipe(tmp_path, tiny_hf, "[{name: width, hidden_size: 48, ffn_hidden_size: 64}, "
+                                             "{name: depth, num_layers: 2, depth_method: contiguous}]")
+    proc = run_minitron("run", "--config", str(recipe), "--output", str(tmp_path / "runs"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("width", "depth"):
+        stage = tmp_path / f"runs/tiny/prune-{name}"
+        summary = json.loads((stage / "summary.json").read_text())
+        assert summary["hf_vs_megatron_max_abs_logit_diff"] <= 1e-4
+        assert (stage / "hf/config.json").is_file() and (stage / "report.png").stat().st_size > 10_000
+        report = json.loads((stage / "report.json").read_text())
+        assert report["parameters"]["student_total"] == summary["parameters"] < report["parameters"]["teacher_total"]
+    # Both students share one calibration.
+    assert len(list((tmp_path / "runs/tiny/importance").iterdir())) == 1
+
+
+def test_impossible_target_fails_before_any_work(tiny_hf, tmp_path):
+    from conftest import run_minitron
+
+    recipe = write_recipe(tmp_path, tiny_hf, "[{name: bad, hidden_size: 40, num_attention_heads: 6}]")
+    proc = run_minitron("run", "--config", str(recipe), "--output", str(tmp_path / "runs"))
+    assert proc.returncode == 2
+    line = proc.stderr.strip()
+    assert "not on the search grid" in line and "not a multiple of the 4 KV groups" in line and "\n" not in line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_tensor_parallel_pruning_is_refused(tiny_hf, tmp_path):
+    from conftest import run_minitron
+
+    recipe = write_recipe(tmp_path, tiny_hf, "[{name: w, hidden_size: 48}]")
+    proc = run_minitron("run", "--config", str(recipe), "--output", str(tmp_path / "runs"), "parallel.tensor_parallel=2")
+    assert proc.returncode == 2 and "tensor_parallel=1" in proc.stderr
+    assert not (tmp_path / "runs").exists()

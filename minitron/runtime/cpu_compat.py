@@ -43,6 +43,10 @@ class CudaToCpuMode(TorchFunctionMode):
         kwargs = kwargs or {}
         if func is torch.Tensor.cuda:
             return args[0]
+        if func is torch.Tensor.type and len(args) == 1 and not kwargs:
+            # Type checks written for GPUs ("torch.cuda.FloatTensor") see the CPU tensor as one.
+            name = func(*args)  # (nested scopes see an already-rewritten name)
+            return name if name.startswith("torch.cuda.") else name.replace("torch.", "torch.cuda.", 1)
         device = kwargs.get("device")
         if device is not None and _is_cuda(device):
             kwargs = {**kwargs, "device": "cpu"}
@@ -146,6 +150,12 @@ def enable() -> bool:
     if not getattr(dist_all_gather, "__minitron_cpu_compat__", False):
         torch.distributed.all_gather_into_tensor = _gloo_safe_all_gather(dist_all_gather)
     _wrap_modelopt()
+    from megatron.core.optimizer import optimizer as mcore_optimizer
+
+    for name in ("get_grad_norm_fp32", "clip_grad_by_total_norm_fp32", "count_zeros_fp32"):
+        fn = getattr(mcore_optimizer, name)
+        if not getattr(fn, "__minitron_cpu_compat__", False):
+            setattr(mcore_optimizer, name, _in_cpu_mode(fn))
     for name in (
         "forward_backward_no_pipelining",
         "forward_backward_pipelining_without_interleaving",

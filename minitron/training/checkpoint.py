@@ -1,0 +1,75 @@
+"""Training checkpoints: torch_dist, written atomically, the newest K kept, resumable.
+
+A checkpoint is written to ``.step_00000010.partial/`` and renamed to ``step_00000010/`` by
+rank 0 once every rank has finished writing, so a folder named ``step_*`` is always complete
+(a crash mid-save leaves only a ``.partial`` folder, which is ignored and cleaned up).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shutil
+from pathlib import Path
+
+import torch
+from megatron.core import dist_checkpointing
+
+from minitron.errors import MinitronError
+from minitron.runtime import distributed
+
+_NAME = re.compile(r"^step_(\d{8})$")
+
+
+def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _NAME.match(p.name)) and p.is_dir()]
+    return sorted(found)
+
+
+def newest(root: Path) -> tuple[int, Path] | None:
+    found = complete_checkpoints(root)
+    return found[-1] if found else None
+
+
+def _state(model, optimizer, scheduler, step: int, is_loading: bool) -> dict:
+    model_sd = model.sharded_state_dict()
+    return {"model": model_sd, "optimizer": optimizer.sharded_state_dict(model_sd, is_loading=is_loading),
+            "scheduler": scheduler.state_dict(), "step": step}
+
+
+def save(root: Path, model, optimizer, scheduler, step: int, keep_last: int) -> Path:
+    """Collective. Returns the final checkpoint folder."""
+    root.mkdir(parents=True, exist_ok=True)
+    partial = root / f".step_{step:08d}.partial"
+    final = root / f"step_{step:08d}"
+    if distributed.is_rank0():
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir()
+    torch.distributed.barrier()
+    try:
+        dist_checkpointing.save(_state(model, optimizer, scheduler, step, is_loading=False), str(partial))
+    except OSError as e:  # e.g. the disk filled up: the previous checkpoints stay untouched
+        raise MinitronError(f"{partial}: saving the step-{step} checkpoint failed ({e}); "
+                            "earlier checkpoints are intact") from None
+    torch.distributed.barrier()
+    if distributed.is_rank0():
+        partial.rename(final)
+        for _, old in complete_checkpoints(root)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+        for stale in root.glob(".step_*.partial"):
+            shutil.rmtree(stale, ignore_errors=True)
+    torch.distributed.barrier()
+    return final
+
+
+def load(path: Path, model, optimizer, scheduler) -> int:
+    """Restore model, optimizer and LR schedule in place; return the step it was saved at."""
+    state = dist_checkpointing.load(_state(model, optimizer, scheduler, 0, is_loading=True), str(path))
+    hide = model.hide_teacher_model() if hasattr(model, "hide_teacher_model") else contextlib.nullcontext()
+    with hide:
+        model.load_state_dict(state["model"], strict=True)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    return int(state["step"])

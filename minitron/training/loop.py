@@ -1,0 +1,322 @@
+"""The training loop: Megatron-Core schedules, DDP and optimizer; Model Optimizer distillation.
+
+`train(job)` is collective (every rank under torchrun, or one process). The same loop does
+knowledge distillation (a teacher is given: logit KL, optionally + LM loss and intermediate
+losses) and teacher correction / plain LM training (no teacher).
+
+Global batch ``B`` is split over ``DP`` data-parallel ranks and ``B / (DP * micro)`` gradient-
+accumulation micro-batches. Sample ``k`` of step ``t`` is always global sample ``t*B + k``, so
+the loss curve does not depend on the parallel layout and a resumed run sees the same data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+from megatron.core import parallel_state
+from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
+from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+from megatron.core.transformer.module import Float16Module
+from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+from megatron.core.pipeline_parallel import get_forward_backward_func
+from megatron.core.tensor_parallel import reduce_from_tensor_model_parallel_region
+
+from conversion import nemo_checkpoint as nemo
+from conversion.convert import load_megatron_from_nemo
+from minitron import config as config_lib
+from minitron.data import DataConfig, prepare, samples
+from minitron.data.tokenizer import tokenizer_hash
+from minitron.errors import MinitronError
+from minitron.runtime import cpu_compat, distributed
+from minitron.runtime.inference import position_ids
+from minitron.training import checkpoint
+from minitron.training.config import TrainConfig
+
+
+@dataclass
+class TrainJob:
+    student: str                 # NeMo checkpoint to train
+    output: str                  # checkpoints/, nemo/ (final student), metrics.jsonl, tensorboard/
+    data: dict                   # DataConfig
+    train: dict                  # TrainConfig
+    teacher: str | None = None   # NeMo checkpoint; None = LM-loss training (teacher correction)
+    tensor_parallel: int = 1
+    pipeline_parallel: int = 1
+    max_steps_this_run: int | None = None  # stop early (tests: simulate a crash between checkpoints)
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(dataclasses.asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, path: Path) -> "TrainJob":
+        return cls(**json.loads(Path(path).read_text()))
+
+
+# ---- setup ----------------------------------------------------------------------------------------
+def _distillation_model(student, teacher, cfg: TrainConfig):
+    import modelopt.torch.distill as mtd
+    from modelopt.torch.distill.plugins.megatron import (
+        DistillationConfig, adjust_distillation_model_for_mcore, setup_distillation_config)
+
+    kd = DistillationConfig(intermediate_layer_pairs=[tuple(p) for p in cfg.kd.intermediate_pairs],
+                            skip_lm_loss=not cfg.kd.lm_loss, kd_loss_scale=cfg.kd.kd_loss_scale,
+                            logit_kl_temperature=cfg.kd.temperature, logit_kl_topk=cfg.kd.top_k)
+    kd = setup_distillation_config(kd, student.config, teacher.config)
+    model = mtd.convert(student, mode=[("kd_loss", {"teacher_model": teacher, "criterion": kd.criterion,
+                                                    "loss_balancer": kd.loss_balancer})])
+    adjust_distillation_model_for_mcore(model, kd)
+    return model
+
+
+def _check_compatible(job: TrainJob, student_arch, teacher_arch) -> None:
+    if student_arch.vocab_size != teacher_arch.vocab_size:
+        raise MinitronError(f"student vocab {student_arch.vocab_size} != teacher vocab {teacher_arch.vocab_size}; "
+                            "distillation needs the same vocabulary")
+    s_tok, t_tok = nemo.tokenizer_dir(job.student), nemo.tokenizer_dir(job.teacher)
+    if tokenizer_hash(s_tok) != tokenizer_hash(t_tok):
+        raise MinitronError(f"{s_tok} and {t_tok} hold different tokenizers; student and teacher must share one")
+
+
+def _setup(job: TrainJob, cfg: TrainConfig):
+    distributed.initialize(job.tensor_parallel, job.pipeline_parallel, seed=cfg.seed)
+    dp = parallel_state.get_data_parallel_world_size()
+    if cfg.global_batch_size % (cfg.micro_batch_size * dp):
+        raise MinitronError(f"global_batch_size={cfg.global_batch_size} is not divisible by "
+                            f"micro_batch_size={cfg.micro_batch_size} x data_parallel={dp}")
+    student, arch = load_megatron_from_nemo(job.student, dtype=torch.float32)
+    teacher = teacher_arch = None
+    if job.teacher:
+        teacher, teacher_arch = load_megatron_from_nemo(job.teacher, dtype=torch.float32)
+        _check_compatible(job, arch, teacher_arch)
+        teacher.eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+    return student, arch, teacher
+
+
+def _wrap(model, cfg: TrainConfig):
+    """Megatron's own mixed precision: bf16 weights (Float16Module) + fp32 master weights in the
+    optimizer, fp32 gradient reduction. On CPU the same classes run through `cpu_compat`."""
+    bf16 = cfg.precision == "bf16"
+    model.config.bf16 = bf16
+    wrapped = Float16Module(model.config, model) if bf16 else model
+    ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False,
+                                               use_distributed_optimizer=torch.cuda.is_available())
+    ddp = DistributedDataParallel(config=model.config, ddp_config=ddp_config, module=wrapped)
+    with cpu_compat.device_scope():  # the optimizer allocates its loss scale on "cuda" literally
+        opt = get_megatron_optimizer(OptimizerConfig(
+            optimizer="adam", lr=cfg.lr, min_lr=cfg.min_lr, weight_decay=cfg.weight_decay,
+            adam_beta1=cfg.adam_beta1, adam_beta2=cfg.adam_beta2, adam_eps=cfg.adam_eps, clip_grad=cfg.clip_grad,
+            use_distributed_optimizer=torch.cuda.is_available(), bf16=bf16,
+            params_dtype=torch.bfloat16 if bf16 else torch.float32), [ddp])
+    sched = OptimizerParamScheduler(opt, init_lr=0.0, max_lr=cfg.lr, min_lr=cfg.min_lr,
+                                    lr_warmup_steps=cfg.warmup_steps, lr_decay_steps=cfg.steps,
+                                    lr_decay_style="cosine", start_wd=cfg.weight_decay, end_wd=cfg.weight_decay,
+                                    wd_incr_steps=cfg.steps, wd_incr_style="constant")
+    model.config.finalize_model_grads_func = finalize_model_grads
+    model.config.no_sync_func = ddp.no_sync
+    return ddp, opt, sched
+
+
+# ---- one step ---------------------------------------------------------------------------------------
+def _token_mean(x):
+    """Model Optimizer's per-token losses -> scalar (summing vocab shards over TP where asked)."""
+    if isinstance(x, tuple):
+        x, tp_reduce, _ = x
+    else:
+        tp_reduce = False
+    loss = x.float().mean()
+    return reduce_from_tensor_model_parallel_region(loss) if tp_reduce else loss
+
+
+def _loss_func(model, distilling: bool, per_token_lm_loss):
+    lm = per_token_lm_loss.float().mean()
+    if not distilling:
+        return lm, {"loss": lm.detach().clone(), "lm_loss": lm.detach().clone()}
+    losses = model.compute_kd_loss(student_loss=lm, loss_reduction_fn=_token_mean)
+    total = losses["kd_loss"]
+    return total, {"loss": total.detach().clone(), "kd_loss": losses["logits_loss"].detach().clone(),
+                   "lm_loss": lm.detach().clone()}
+
+
+def _run_batches(ddp, model, rows: torch.Tensor, cfg: TrainConfig, distilling: bool, forward_only: bool):
+    """forward(+backward) over `rows` (this DP rank's share) in micro-batches; mean metrics."""
+    micro = [rows[i:i + cfg.micro_batch_size] for i in range(0, len(rows), cfg.micro_batch_size)]
+    device = next(model.parameters()).device
+    seq = rows.shape[1] - 1
+
+    def step(data_iterator, stage_model):
+        batch = next(data_iterator).to(device)
+        tokens, labels = batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
+        output = stage_model(tokens, position_ids(tokens), None, labels=labels)
+        return output, partial(_loss_func, model, distilling)
+
+    adjust = None
+    if distilling and parallel_state.get_pipeline_model_parallel_world_size() > 1:
+        from modelopt.torch.distill.plugins.megatron import get_tensor_shapes_adjust_fn_for_distillation
+
+        adjust = get_tensor_shapes_adjust_fn_for_distillation(
+            model, seq_length=seq, micro_batch_size=cfg.micro_batch_size, decoder_seq_length=seq)
+    kwargs = {"adjust_tensor_shapes_fn": adjust} if adjust else {}
+    reports = get_forward_backward_func()(
+        forward_step_func=step, data_iterator=iter(micro), model=[ddp], num_microbatches=len(micro),
+        seq_length=seq, micro_batch_size=cfg.micro_batch_size, forward_only=forward_only, **kwargs)
+    return _average_metrics(reports, device)
+
+
+def _average_metrics(reports: list[dict], device) -> dict[str, float]:
+    """Mean over micro-batches and data-parallel ranks, known on every rank."""
+    keys = ("loss", "kd_loss", "lm_loss")
+    local = torch.zeros(len(keys) + 1, device=device)
+    if parallel_state.is_pipeline_last_stage() and reports:
+        for r in reports:
+            for i, k in enumerate(keys):
+                local[i] += r.get(k, torch.tensor(float("nan"))).float().to(device)
+        local[-1] = len(reports)
+    torch.distributed.all_reduce(local, group=parallel_state.get_data_parallel_group())
+    if parallel_state.get_pipeline_model_parallel_world_size() > 1:
+        torch.distributed.broadcast(local, parallel_state.get_pipeline_model_parallel_last_rank(),
+                                    group=parallel_state.get_pipeline_model_parallel_group())
+    return {k: (local[i] / local[-1]).item() for i, k in enumerate(keys)}
+
+
+def _my_rows(all_rows, step: int, cfg: TrainConfig) -> torch.Tensor:
+    dp, rank = parallel_state.get_data_parallel_world_size(), parallel_state.get_data_parallel_rank()
+    per_rank = cfg.global_batch_size // dp
+    start = step * cfg.global_batch_size + rank * per_rank
+    return torch.stack([all_rows[i] for i in range(start, start + per_rank)])
+
+
+# ---- the loop -----------------------------------------------------------------------------------------
+def train(job: TrainJob) -> dict:
+    cfg = config_lib.build(TrainConfig, job.train, "train")
+    data_cfg = config_lib.build(DataConfig, job.data, "data")
+    out = Path(job.output)
+    student, arch, teacher = _setup(job, cfg)
+    prepared = prepare(data_cfg, nemo.tokenizer_dir(job.student))
+    train_rows = samples(prepared, "train", data_cfg.seq_length, cfg.steps * cfg.global_batch_size, seed=data_cfg.seed)
+    val_rows = torch.stack(list(samples(prepared, "validation", data_cfg.seq_length, cfg.eval_samples)))
+    teacher_val = None
+    if teacher is not None:
+        from minitron.runtime.inference import lm_loss
+
+        teacher_val = lm_loss(teacher, [val_rows[i:i + cfg.micro_batch_size]
+                                        for i in range(0, len(val_rows), cfg.micro_batch_size)])
+        model = _distillation_model(student, teacher, cfg)
+    else:
+        model = student
+    ddp, opt, sched = _wrap(model, cfg)
+
+    start_step = 0
+    ckpts = out / "checkpoints"
+    found = checkpoint.newest(ckpts) if cfg.resume == "auto" else None
+    if found:
+        start_step = checkpoint.load(found[1], model, opt, sched)
+        if distributed.is_rank0():
+            print(f"resumed from {found[1]} (step {start_step})", flush=True)
+    log = _Logger(out, start_step, cfg, distributed.is_rank0())
+    stop = cfg.steps if job.max_steps_this_run is None else min(cfg.steps, start_step + job.max_steps_this_run)
+    tokens_per_step = cfg.global_batch_size * data_cfg.seq_length
+    last_val = None
+    for step in range(start_step, stop):
+        t0 = time.perf_counter()
+        ddp.train()
+        ddp.zero_grad_buffer()
+        opt.zero_grad()
+        metrics = _run_batches(ddp, model, _my_rows(train_rows, step, cfg), cfg, teacher is not None, False)
+        if not math.isfinite(metrics["loss"]):
+            last = checkpoint.newest(ckpts)
+            raise MinitronError(f"loss is {metrics['loss']} at step {step + 1}; stopped. Last good checkpoint: "
+                                f"{last[1] if last else 'none'} (lower train.lr or check the data)")
+        with cpu_compat.device_scope():
+            ok, grad_norm, _ = opt.step()
+        sched.step(increment=1)
+        metrics.update(step=step + 1, lr=opt.param_groups[0]["lr"], grad_norm=float(grad_norm or 0.0),
+                       skipped=not ok, seconds=time.perf_counter() - t0,
+                       tokens_per_second=tokens_per_step / (time.perf_counter() - t0))
+        done = step + 1
+        if done % cfg.eval_interval == 0 or done == cfg.steps:
+            last_val = _validate(ddp, model, val_rows, cfg, teacher is not None)
+            metrics.update({f"val_{k}": v for k, v in last_val.items()})
+        log.step(metrics)
+        if done % cfg.save_interval == 0 or done == cfg.steps:
+            checkpoint.save(ckpts, model, opt, sched, done, cfg.keep_last)
+    log.close()
+    result = {"steps": stop, "tokens": stop * tokens_per_step, "validation": last_val,
+              "teacher_validation_loss": teacher_val, "metrics": str(out / "metrics.jsonl")}
+    if stop == cfg.steps:
+        _export_student(job, model, arch, out / "nemo")
+        result["nemo"] = str(out / "nemo")
+    return result
+
+
+def _validate(ddp, model, val_rows, cfg: TrainConfig, distilling: bool) -> dict[str, float]:
+    ddp.eval()
+    with torch.no_grad():
+        metrics = _run_batches(ddp, model, val_rows, cfg, distilling, forward_only=True)
+    ddp.train()
+    return metrics
+
+
+def _export_student(job: TrainJob, model, arch, target: Path) -> None:
+    """The trained student as a NeMo checkpoint (teacher hidden), written atomically."""
+    _, dtype, hf_config = nemo.read_context(job.student)
+    partial_dir = target.with_name(f".{target.name}.partial")
+    if distributed.is_rank0():
+        import shutil
+
+        shutil.rmtree(partial_dir, ignore_errors=True)
+        nemo.write_context(partial_dir, arch, dtype, hf_config, nemo.tokenizer_dir(job.student))
+    torch.distributed.barrier()
+    nemo.save_weights(model, partial_dir)
+    torch.distributed.barrier()
+    if distributed.is_rank0():
+        partial_dir.rename(target)
+    torch.distributed.barrier()
+
+
+class _Logger:
+    """metrics.jsonl + TensorBoard (when installed) + a progress bar with rate and ETA (rank 0)."""
+
+    def __init__(self, out: Path, start: int, cfg: TrainConfig, active: bool):
+        self.active, self.cfg = active, cfg
+        if not active:
+            return
+        from tqdm import tqdm
+
+        out.mkdir(parents=True, exist_ok=True)
+        self.file = (out / "metrics.jsonl").open("a")
+        self.bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(out / "tensorboard"))
+        except ImportError:
+            self.tb = None
+
+    def step(self, m: dict) -> None:
+        if not self.active:
+            return
+        self.file.write(json.dumps(m) + "\n")
+        self.file.flush()
+        if self.tb:
+            for k, v in m.items():
+                if isinstance(v, float):
+                    self.tb.add_scalar(k, v, m["step"])
+        self.bar.set_postfix(loss=f"{m['loss']:.4f}", tok_s=f"{m['tokens_per_second']:.0f}")
+        self.bar.update(1)
+
+    def close(self) -> None:
+        if self.active:
+            self.bar.close()
+            self.file.close()
+            if self.tb:
+                self.tb.close()
