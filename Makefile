@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 
 PRUNE_RECIPE = $(if $(filter recipes/smollm2-135m_demo_cpu.yaml,$(RECIPE)),recipes/smollm2-135m_minitron_cpu.yaml,$(RECIPE))
 
-.PHONY: prune-width prune-depth prune bench-pruning setup demo run test test-unit test-fast convert-hf-to-nemo convert-nemo-to-hf model bench-conversion clean help
+.PHONY: prune-width prune-depth prune distill teacher-correct bench-distill bench-pruning setup demo run test test-unit test-fast convert-hf-to-nemo convert-nemo-to-hf model bench-conversion clean help
 
 help:
 	@echo "make demo            run the demo recipe end to end on the embedded SmolLM2 (CPU)"
@@ -23,6 +23,7 @@ help:
 	@echo "make run RECIPE=...  run any recipe; OUT=dir ARGS='k=v ...' pass through"
 	@echo "make convert-hf-to-nemo IN=hf_dir OUT=nemo_dir   (and convert-nemo-to-hf)"
 	@echo "make prune-width / prune-depth   Minitron-prune SmolLM2 on CPU (RECIPE= for Llama 3.1 on GPUs)"
+	@echo "make distill / teacher-correct   distil the pruned SmolLM2 width student (about 15 min on 2 cores)"
 	@echo "make bench-conversion  time and peak memory of the SmolLM2 conversions"
 	@echo "make bench-pruning     activation vs baselines, calibration overhead, recipe wall time"
 
@@ -53,6 +54,16 @@ prune-depth: setup
 
 prune: setup
 	$(MINITRON) run --config $(PRUNE_RECIPE) "stages=[import, prune]" $(OUT_FLAG) $(ARGS)
+
+# Distillation of the pruned student(s) from the (optionally corrected) teacher.
+distill: setup
+	$(MINITRON) run --config $(PRUNE_RECIPE) "stages=[import, prune, distill]" $(OUT_FLAG) $(ARGS)
+
+teacher-correct: setup
+	$(MINITRON) run --config $(PRUNE_RECIPE) "stages=[import, teacher_correction]" $(OUT_FLAG) $(ARGS)
+
+bench-distill: setup
+	$(PY) benchmarks/bench_distill.py
 
 bench-pruning: setup
 	$(PY) benchmarks/bench_pruning.py

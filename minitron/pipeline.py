@@ -13,7 +13,7 @@ import time
 from minitron.errors import MinitronError
 from minitron.io import atomic_output_dir, write_json_atomic
 from minitron.recipe import Recipe
-from minitron.stages import import_model, prune_student, verify_conversion
+from minitron.stages import import_model, prune_student, train_model, verify_conversion
 
 
 def planned_stages(recipe: Recipe) -> list[tuple[str, object]]:
@@ -24,6 +24,13 @@ def planned_stages(recipe: Recipe) -> list[tuple[str, object]]:
             for student in recipe.prune.selected():
                 plan.append((f"prune-{student.name}",
                              lambda r, out, s=student: prune_student.run(r, out, s)))
+        elif stage == "distill":
+            for name in recipe.distilled_students():
+                plan.append((f"distill-{name}", lambda r, out, n=name: train_model.run_distill(
+                    r, out, r.stage_dir(f"distill-{n}.work"), n)))
+        elif stage == "teacher_correction":
+            plan.append((stage, lambda r, out: train_model.run_teacher_correction(
+                r, out, r.stage_dir("teacher_correction.work"))))
         else:
             plan.append((stage, {"import": import_model.run, "verify": verify_conversion.run}[stage]))
     return plan
@@ -31,6 +38,9 @@ def planned_stages(recipe: Recipe) -> list[tuple[str, object]]:
 
 def preflight(recipe: Recipe) -> None:
     """Check every student's target against the teacher before any stage runs."""
+    for stage in ("teacher_correction", "distill"):
+        if stage in recipe.stages:
+            train_model.load_train_config(getattr(recipe, stage))  # config errors before any work
     if "prune" not in recipe.stages:
         return
     from minitron.models import resolve_hf_source

@@ -9,14 +9,15 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from conversion.verify import SAMPLE_TEXT
 from minitron.config import doc
 from minitron.data.config import DataConfig
 from minitron.pruning.config import PruneConfig
 
-#: `prune` runs one stage `prune-<student>` per selected student.
-STAGES = ("import", "verify", "prune")
+#: `prune` and `distill` run one stage per student: `prune-<student>`, `distill-<student>`.
+STAGES = ("import", "verify", "teacher_correction", "prune", "distill")
 
 
 @dataclass
@@ -28,7 +29,9 @@ class ModelConfig:
 @dataclass
 class ParallelConfig:
     tensor_parallel: int = doc(1, "tensor-parallel size (Megatron TP)")
-    pipeline_parallel: int = doc(1, "pipeline-parallel size (Megatron PP); DP = world / (TP*PP)")
+    pipeline_parallel: int = doc(1, "pipeline-parallel size (Megatron PP)")
+    data_parallel: int = doc(1, "data-parallel size of training stages; they run TP*PP*DP processes "
+                                "(under torchrun when more than one)")
 
     def check(self) -> list[str]:
         return [f"parallel.{k}={v} must be >= 1" for k, v in dataclasses.asdict(self).items() if v < 1]
@@ -47,6 +50,16 @@ class VerifyConfig:
 
 
 @dataclass
+class TrainingStageConfig:
+    config: str = doc("", "training YAML (see nemo_configs/): optimizer, schedule, batch, KD loss")
+    overrides: list[str] = doc([], "key=value overrides of that YAML, e.g. [steps=20, precision=fp32]")
+    students: list[str] = doc([], "distill only: which pruned students (empty = every student of prune)")
+
+    def check(self) -> list[str]:
+        return [] if self.config else ["training stage needs `config: nemo_configs/<file>.yaml`"]
+
+
+@dataclass
 class Recipe:
     name: str = dataclasses.field(metadata={"help": "run name; outputs go to <output_root>/<name>/<stage>/"})
     stages: list[str] = doc(["import", "verify"], f"stages to run, in order; any of {list(STAGES)}")
@@ -56,13 +69,28 @@ class Recipe:
     verify: VerifyConfig = doc(VerifyConfig, "conversion checks")
     data: DataConfig = doc(DataConfig, "text for calibration, distillation and evaluation")
     prune: PruneConfig = doc(PruneConfig, "Minitron pruning: calibration and students")
+    teacher_correction: Optional[TrainingStageConfig] = doc(
+        None, "fine-tune the teacher on the distillation data first; when the stage is listed, its output is "
+              "the teacher of prune and distill")
+    distill: Optional[TrainingStageConfig] = doc(None, "knowledge distillation of the pruned students")
 
     def check(self) -> list[str]:
         unknown = [s for s in self.stages if s not in STAGES]
         problems = [f"stages: unknown stage(s) {unknown}; known: {list(STAGES)}"] if unknown else []
         if "prune" in self.stages and not self.prune.selected():
             problems.append("stages has prune but prune.students selects none")
+        for stage in ("teacher_correction", "distill"):
+            if stage in self.stages and getattr(self, stage) is None:
+                problems.append(f"stages has {stage} but the recipe has no `{stage}:` section")
+        if self.distill is not None:
+            names = [s.name for s in self.prune.students]
+            problems += [f"distill.students: no pruned student {n!r}" for n in self.distill.students if n not in names]
         return problems
 
     def stage_dir(self, stage: str) -> Path:
         return Path(self.output_root) / self.name / stage
+
+    def distilled_students(self) -> list[str]:
+        if self.distill is None:
+            return []
+        return self.distill.students or [s.name for s in self.prune.selected()]

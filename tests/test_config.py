@@ -1,6 +1,3 @@
-import dataclasses
-from dataclasses import dataclass
-
 import pytest
 
 from minitron import config

@@ -8,7 +8,6 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import REPO
-from conversion.verify import tokenize  # noqa: F401  (import check: CLI path)
 
 pytestmark = pytest.mark.torchrun
 

@@ -180,7 +180,7 @@ def test_pipeline_parallel_pruning(tiny_nemo, token_file, tmp_path):
     assert loss == pytest.approx(result["validation_loss"], abs=1e-5)
 
 
-def write_recipe(tmp_path, hf, students: str) -> "Path":
+def write_recipe(tmp_path, hf, students: str):
     text = tmp_path / "corpus.txt"
     paragraphs = [f"Paragraph {i}: the quick brown fox jumps over the lazy dog while llamas graze "
                   f"on the high plateau number {i * 7 % 13}." for i in range(400)]

@@ -30,8 +30,7 @@ from minitron.stages import import_model
 
 def check(recipe: Recipe, student: StudentConfig) -> None:
     """Reject impossible targets before any data is tokenized or model loaded."""
-    teacher = import_model.outputs(recipe)["nemo"]
-    arch, _, _ = nemo.read_context(teacher)
+    arch, _, _ = nemo.read_context(import_model.outputs(recipe)["nemo"])
     problems = check_target(student, arch, recipe.prune, recipe.parallel.tensor_parallel,
                             recipe.parallel.pipeline_parallel)
     if problems:
@@ -64,7 +63,9 @@ def write_tokens(recipe: Recipe, hf_dir: Path, path: Path) -> str:
 
 def run(recipe: Recipe, out: Path, student: StudentConfig) -> dict:
     check(recipe, student)
-    paths = import_model.outputs(recipe)
+    from minitron.stages.train_model import teacher_nemo
+
+    paths = {"hf": import_model.outputs(recipe)["hf"], "nemo": teacher_nemo(recipe)}
     tokens = out / "tokens.safetensors"
     digest = write_tokens(recipe, paths["hf"], tokens)
     scores = scores_dir(recipe, paths["nemo"], digest)

@@ -11,7 +11,6 @@ the loss curve does not depend on the parallel layout and a resumed run sees the
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -231,7 +230,9 @@ def train(job: TrainJob) -> dict:
         ddp.train()
         ddp.zero_grad_buffer()
         opt.zero_grad()
+        t_fb = time.perf_counter()
         metrics = _run_batches(ddp, model, _my_rows(train_rows, step, cfg), cfg, teacher is not None, False)
+        fwd_bwd = time.perf_counter() - t_fb
         if not math.isfinite(metrics["loss"]):
             last = checkpoint.newest(ckpts)
             raise MinitronError(f"loss is {metrics['loss']} at step {step + 1}; stopped. Last good checkpoint: "
@@ -240,7 +241,7 @@ def train(job: TrainJob) -> dict:
             ok, grad_norm, _ = opt.step()
         sched.step(increment=1)
         metrics.update(step=step + 1, lr=opt.param_groups[0]["lr"], grad_norm=float(grad_norm or 0.0),
-                       skipped=not ok, seconds=time.perf_counter() - t0,
+                       skipped=not ok, seconds=time.perf_counter() - t0, fwd_bwd_seconds=fwd_bwd,
                        tokens_per_second=tokens_per_step / (time.perf_counter() - t0))
         done = step + 1
         if done % cfg.eval_interval == 0 or done == cfg.steps:

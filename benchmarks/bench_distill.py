@@ -1,0 +1,149 @@
+"""Distillation on CPU: exact parallelism, throughput, and recovery of the pruned SmolLM2 student.
+
+Run: make bench-distill   (or: .venv/bin/python benchmarks/bench_distill.py [--output DIR] [--skip-recovery])
+
+1. Exact parallelism: the same 10 KD steps (fp32) at TP=1, TP=3, PP=2 and DP=2 under torchrun,
+   same global batch; max relative loss difference per step vs TP=1. (SmolLM2 has 3 KV heads,
+   so its tensor-parallel sizes are 1 and 3.)
+2. Throughput of KD steps in bf16 and fp32 (tokens/s) and the share of step time spent outside
+   the forward/backward schedule (teacher forward + student forward/backward).
+3. Recovery: the width student distilled with the CPU recipe (KD) and trained with plain LM loss
+   on the same tokens; fraction of the (pruned - teacher) validation-loss gap recovered.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "recipes/smollm2-135m_minitron_cpu.yaml"
+
+
+def recipe(out: Path, *overrides: str):
+    from minitron import config
+    from minitron.recipe import Recipe
+
+    r = config.load(Recipe, RECIPE, list(overrides))
+    r.output_root = str(out / "runs")
+    return r
+
+
+def pruned_width(out: Path):
+    from minitron import pipeline
+
+    r = recipe(out, "stages=[import, prune]", "prune.only=[width]")
+    pipeline.run(r)
+    return r
+
+
+def job_for(r, out: Path, name: str, teacher: bool, **train):
+    from minitron.pipeline import read_summary
+    from minitron.stages.train_model import load_train_config, teacher_nemo
+    from minitron.training.loop import TrainJob
+
+    cfg = dataclasses.replace(load_train_config(r.distill), **train)
+    return TrainJob(student=read_summary(r, "prune-width")["nemo"],
+                    teacher=str(teacher_nemo(r)) if teacher else None, output=str(out / name),
+                    data=dataclasses.asdict(r.data), train=dataclasses.asdict(cfg))
+
+
+def torchrun(job, nproc: int, path: Path) -> list[dict]:
+    job.save(path)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "minitron.cli", "train-job", str(path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    if proc.returncode:
+        sys.exit(f"{path.name} failed:\n{proc.stderr[-3000:]}")
+    return [json.loads(line) for line in (Path(job.output) / "metrics.jsonl").read_text().splitlines()]
+
+
+def exact_parallelism(r, out: Path) -> dict:
+    curves = {}
+    short = dict(steps=10, warmup_steps=2, micro_batch_size=2, global_batch_size=8, precision="fp32",
+                 eval_interval=10, save_interval=10, eval_samples=2)
+    for name, tp, pp, dp in (("TP1", 1, 1, 1), ("TP3", 3, 1, 1), ("PP2", 1, 2, 1), ("DP2", 1, 1, 2)):
+        job = job_for(r, out, f"parallel-{name}", True, **short)
+        job.tensor_parallel, job.pipeline_parallel = tp, pp
+        job.data["seq_length"] = 64
+        curves[name] = [m["loss"] for m in torchrun(job, tp * pp * dp, out / f"job-{name}.json")]
+        print(f"  {name}: " + " ".join(f"{x:.5f}" for x in curves[name]), flush=True)
+    ref = curves["TP1"]
+    return {k: {"losses": v, "max_rel_diff": max(abs(a - b) / abs(b) for a, b in zip(v, ref))}
+            for k, v in curves.items()}
+
+
+def throughput(r, out: Path) -> dict:
+    from minitron.training.loop import train
+
+    rows = {}
+    for precision in ("bf16", "fp32"):
+        job = job_for(r, out, f"speed-{precision}", True, steps=6, warmup_steps=1, precision=precision,
+                      eval_interval=1000, save_interval=1000, eval_samples=2)
+        train(job)
+        metrics = [json.loads(x) for x in (Path(job.output) / "metrics.jsonl").read_text().splitlines()][1:]
+        step = sum(m["seconds"] for m in metrics)
+        fb = sum(m["fwd_bwd_seconds"] for m in metrics)
+        tokens = sum(m["tokens_per_second"] * m["seconds"] for m in metrics)
+        rows[precision] = {"tokens_per_second": tokens / step, "outside_fwd_bwd_share": 1 - fb / step}
+        print(f"  {precision}: {rows[precision]['tokens_per_second']:.0f} tok/s, "
+              f"{100 * rows[precision]['outside_fwd_bwd_share']:.1f}% of step time outside fwd/bwd", flush=True)
+    return rows
+
+
+def recovery(r, out: Path) -> dict:
+    from minitron import pipeline
+    from minitron.pipeline import read_summary
+    from minitron.training.loop import train
+
+    start = time.perf_counter()
+    pipeline.run(recipe(out, "stages=[import, prune, distill]", "prune.only=[width]"))
+    kd_seconds = time.perf_counter() - start
+    kd = read_summary(r, "distill-width")
+    start = time.perf_counter()
+    lm = train(job_for(r, out, "lm-baseline", False))
+    lm_seconds = time.perf_counter() - start
+    pruned, teacher = kd["pruned_validation_loss"], kd["teacher_validation_loss"]
+    gap = pruned - teacher
+    return {"teacher": teacher, "pruned": pruned, "tokens": kd["tokens"],
+            "kd": {"val_lm_loss": kd["validation"]["lm_loss"], "gap_recovered": (pruned - kd["validation"]["lm_loss"]) / gap,
+                   "wall_seconds": round(kd_seconds, 1)},
+            "lm": {"val_lm_loss": lm["validation"]["lm_loss"], "gap_recovered": (pruned - lm["validation"]["lm_loss"]) / gap,
+                   "wall_seconds": round(lm_seconds, 1)}}
+
+
+def main() -> None:
+    warnings.filterwarnings("ignore")
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--output", type=Path, default=None)
+    parser.add_argument("--skip-recovery", action="store_true", help="skip the ~25-minute recovery runs")
+    args = parser.parse_args()
+    out = args.output or Path(tempfile.mkdtemp(prefix="bench_distill-"))
+    out.mkdir(parents=True, exist_ok=True)
+    r = pruned_width(out)
+    print("throughput (KD, SmolLM2 teacher -> width student, 2 cores):", flush=True)
+    result = {"throughput": throughput(r, out)}
+    print("exact parallelism (10 KD steps, fp32, global batch 8 x 64 tokens):", flush=True)
+    result["parallel"] = exact_parallelism(r, out)
+    for k, v in result["parallel"].items():
+        print(f"  {k}: max relative difference vs TP1 = {v['max_rel_diff']:.2e}")
+    if not args.skip_recovery:
+        print("recovery (CPU recipe budget):", flush=True)
+        result["recovery"] = rec = recovery(r, out)
+        print(f"  teacher {rec['teacher']:.4f}, pruned {rec['pruned']:.4f}, {rec['tokens']} tokens")
+        for k in ("kd", "lm"):
+            print(f"  {k}: val LM loss {rec[k]['val_lm_loss']:.4f}, gap recovered {100 * rec[k]['gap_recovered']:.1f}%, "
+                  f"wall {rec[k]['wall_seconds']} s")
+    (out / "bench_distill.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"results: {out / 'bench_distill.json'}")
+
+
+if __name__ == "__main__":
+    main()

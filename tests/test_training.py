@@ -1,0 +1,163 @@
+"""The Megatron training loop on tiny models: KD and LM, exact under TP/PP/DP, resumable after kill -9."""
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import REPO, write_tiny_llama
+from conversion.convert import hf_to_nemo
+from minitron import config
+from minitron.data import DataConfig
+from minitron.errors import MinitronError
+from minitron.training.config import TrainConfig
+from minitron.training.loop import TrainJob, train
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    teacher = write_tiny_llama(root / "teacher_hf")
+    student = write_tiny_llama(root / "student_hf", seed=5, intermediate_size=64, num_hidden_layers=2)
+    hf_to_nemo(teacher, root / "teacher")
+    hf_to_nemo(student, root / "student")
+    text = root / "corpus.txt"
+    text.write_text("\n\n".join(f"Paragraph {i}: the quick brown fox jumps over the lazy dog; llamas graze "
+                                f"on plateau {i * 7 % 13}." for i in range(400)))
+    return root
+
+
+def make_job(models, out, teacher=True, **train_kw):
+    base = dict(steps=6, micro_batch_size=2, global_batch_size=8, warmup_steps=1, lr=1e-3, eval_interval=3,
+                save_interval=3, eval_samples=4, precision="fp32")
+    base.update(train_kw)
+    data = DataConfig(source=str(models / "corpus.txt"), seq_length=32, cache_dir=str(models / "data"))
+    return TrainJob(student=str(models / "student"), teacher=str(models / "teacher") if teacher else None,
+                    output=str(out), data=dataclasses.asdict(data), train=dataclasses.asdict(TrainConfig(**base)))
+
+
+def losses(out):
+    last = {}
+    for line in (out / "metrics.jsonl").read_text().splitlines():
+        m = json.loads(line)
+        last[m["step"]] = m
+    return [last[s]["loss"] for s in sorted(last)]
+
+
+def test_distillation_reduces_kd_loss_and_exports(models, tmp_path):
+    result = train(make_job(models, tmp_path / "kd", steps=8))
+    curve = losses(tmp_path / "kd")
+    assert curve[-1] < 0.8 * curve[0]
+    assert result["validation"]["kd_loss"] > 0 and result["teacher_validation_loss"] > 0
+    assert (tmp_path / "kd/nemo/weights/.metadata").is_file()
+    kept = sorted(p.name for p in (tmp_path / "kd/checkpoints").iterdir())
+    assert kept == ["step_00000006", "step_00000008"]  # keep_last=2
+
+
+def test_lm_training_bf16_reduces_loss(models, tmp_path):
+    result = train(make_job(models, tmp_path / "lm", teacher=False, precision="bf16", steps=8))
+    curve = losses(tmp_path / "lm")
+    assert curve[-1] < curve[0] and result["validation"]["lm_loss"] < 5.6  # log(256) = 5.55 at random init
+
+
+def test_resume_reproduces_the_uninterrupted_run(models, tmp_path):
+    train(make_job(models, tmp_path / "full", steps=6))
+    train(dataclasses.replace(make_job(models, tmp_path / "cut", steps=6, save_interval=2), max_steps_this_run=3))
+    assert [p.name for p in (tmp_path / "cut/checkpoints").iterdir()] == ["step_00000002"]
+    train(make_job(models, tmp_path / "cut", steps=6, save_interval=2))
+    assert losses(tmp_path / "cut") == pytest.approx(losses(tmp_path / "full"), rel=1e-6)
+
+
+def test_kill_minus_9_then_resume(models, tmp_path):
+    """A real SIGKILL between checkpoints; the restarted run's losses equal an uninterrupted run's."""
+    reference = tmp_path / "reference"
+    train(make_job(models, reference, steps=12, save_interval=4, eval_interval=100))
+    job = make_job(models, tmp_path / "killed", steps=12, save_interval=4, eval_interval=100)
+    job.save(tmp_path / "job.json")
+    cmd = [sys.executable, "-m", "minitron.cli", "train-job", str(tmp_path / "job.json")]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    metrics = tmp_path / "killed/metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline:  # kill after step 6: checkpoint 4 exists, 8 does not
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 6:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = [p.name for p in (tmp_path / "killed/checkpoints").iterdir() if not p.name.startswith(".")]
+    assert done == ["step_00000004"]
+    subprocess.run(cmd, cwd=REPO, check=True, capture_output=True)
+    assert losses(tmp_path / "killed") == pytest.approx(losses(reference), rel=1e-6)
+
+
+def test_mismatched_vocabulary_is_refused(models, tmp_path):
+    other = write_tiny_llama(tmp_path / "other_hf", vocab_size=300)
+    hf_to_nemo(other, tmp_path / "other")
+    job = make_job(models, tmp_path / "out")
+    job.teacher = str(tmp_path / "other")
+    with pytest.raises(MinitronError, match="vocab"):
+        train(job)
+
+
+def test_nan_loss_stops_with_a_clear_error(models, tmp_path):
+    from conversion import nemo_checkpoint as nemo
+    from conversion.convert import load_megatron_from_nemo
+    from minitron.runtime import distributed
+
+    distributed.initialize(1, 1)
+    model, arch = load_megatron_from_nemo(models / "student")
+    with torch.no_grad():
+        model.decoder.final_layernorm.weight[0] = float("nan")
+    _, dtype, hf = nemo.read_context(models / "student")
+    nemo.write_context(tmp_path / "broken", arch, dtype, hf, nemo.tokenizer_dir(models / "student"))
+    nemo.save_weights(model, tmp_path / "broken")
+    job = make_job(models, tmp_path / "out", teacher=False)
+    job.student = str(tmp_path / "broken")
+    with pytest.raises(MinitronError, match="loss is nan at step 1"):
+        train(job)
+    assert not (tmp_path / "out/checkpoints").exists() or not any((tmp_path / "out/checkpoints").iterdir())
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"global_batch_size": 6, "micro_batch_size": 4}, "not a multiple of micro_batch_size"),
+    ({"warmup_steps": 100, "steps": 100}, "warmup_steps"),
+    ({"min_lr": 1.0}, "min_lr <= lr"),
+])
+def test_train_config_validation(override, message):
+    with pytest.raises(MinitronError, match=message):
+        config.build(TrainConfig, override)
+
+
+@pytest.mark.torchrun
+def test_parallel_layouts_give_the_same_loss_curve(models, tmp_path):
+    curves = {}
+    for name, tp, pp, n in (("tp1", 1, 1, 1), ("tp2", 2, 1, 2), ("pp2", 1, 2, 2), ("dp2", 1, 1, 2)):
+        job = make_job(models, tmp_path / name, steps=10, eval_interval=10, save_interval=10)
+        job.tensor_parallel, job.pipeline_parallel = tp, pp
+        job.save(tmp_path / f"{name}.json")
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
+               "-m", "minitron.cli", "train-job", str(tmp_path / f"{name}.json")]
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        curves[name] = losses(tmp_path / name)
+    for name in ("tp2", "pp2", "dp2"):
+        rel = max(abs(a - b) / abs(b) for a, b in zip(curves[name], curves["tp1"]))
+        assert rel <= 1e-3, (name, rel)
+
+
+@pytest.mark.torchrun
+def test_batch_that_does_not_divide_over_data_parallel(models, tmp_path):
+    job = make_job(models, tmp_path / "dp", global_batch_size=6, micro_batch_size=2)
+    job.save(tmp_path / "job.json")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+           "-m", "minitron.cli", "train-job", str(tmp_path / "job.json")]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "global_batch_size=6 is not divisible by micro_batch_size=2 x data_parallel=2" in proc.stderr
