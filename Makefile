@@ -57,10 +57,10 @@ prune: setup
 
 # Distillation of the pruned student(s) from the (optionally corrected) teacher.
 distill: setup
-	$(MINITRON) run --config $(PRUNE_RECIPE) "stages=[import, prune, distill]" $(OUT_FLAG) $(ARGS)
+	$(MINITRON) distill --config $(PRUNE_RECIPE) $(OUT_FLAG) $(ARGS)
 
 teacher-correct: setup
-	$(MINITRON) run --config $(PRUNE_RECIPE) "stages=[import, teacher_correction]" $(OUT_FLAG) $(ARGS)
+	$(MINITRON) teacher-correct --config $(PRUNE_RECIPE) $(OUT_FLAG) $(ARGS)
 
 bench-distill: setup
 	$(PY) benchmarks/bench_distill.py

@@ -1,6 +1,8 @@
 """`minitron`: one command, one subcommand per job. Makefile targets wrap these.
 
     minitron run --config recipes/<recipe>.yaml [key=value ...]
+    minitron distill --config recipes/<recipe>.yaml [nproc=N] [key=value ...]
+    minitron teacher-correct --config recipes/<recipe>.yaml [nproc=N] [key=value ...]
     minitron convert {gguf-to-hf,hf-to-nemo,nemo-to-hf} --input IN --output OUT
     minitron verify --nemo NEMO_DIR --hf HF_DIR [--tp N --pp N]   (under torchrun for N > 1)
     minitron model default                                         (path of the embedded model)
@@ -109,6 +111,47 @@ def cmd_run(args) -> dict:
     return pipeline.run(recipe)
 
 
+def _with_nproc(recipe, overrides: list[str]) -> list[str]:
+    """`nproc=N` sets the data-parallel size so that TP * PP * DP = N."""
+    rest = [o for o in overrides if not o.startswith("nproc=")]
+    for o in overrides:
+        if o.startswith("nproc="):
+            from minitron.errors import MinitronError
+
+            n = int(o.split("=", 1)[1])
+            mp = recipe.parallel.tensor_parallel * recipe.parallel.pipeline_parallel
+            if n < 1 or n % mp:
+                raise MinitronError(f"nproc={n} is not a multiple of tensor_parallel x pipeline_parallel = {mp}")
+            recipe.parallel.data_parallel = n // mp
+    return rest
+
+
+def cmd_train_stage(args) -> dict:
+    """`minitron distill` / `minitron teacher-correct`: the recipe up to that stage (cached stages skip)."""
+    import os
+
+    from minitron import config, pipeline
+    from minitron.errors import MinitronError
+    from minitron.recipe import Recipe
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise MinitronError(f"`minitron {args.command}` launches its own ranks (nproc=N); under an external "
+                            "torchrun (e.g. multi-node) run `minitron train-job <stage>.work/job.json` instead")
+    recipe = config.load(Recipe, args.config, [o for o in args.overrides if not o.startswith("nproc=")])
+    _with_nproc(recipe, args.overrides)
+    if args.command == "teacher-correct":
+        recipe.stages = ["import", "teacher_correction"]
+    else:  # a corrected teacher is used when the recipe lists teacher correction
+        recipe.stages = [s for s in ("import", "teacher_correction", "prune", "distill")
+                         if s != "teacher_correction" or s in recipe.stages]
+    if args.output:
+        recipe.output_root = str(Path(args.output))
+    config_errors = recipe.check()
+    if config_errors:
+        raise MinitronError("; ".join(config_errors))
+    return pipeline.run(recipe)
+
+
 def _write_summary(out: Path, summary: dict) -> None:
     from minitron.io import write_json_atomic
 
@@ -151,11 +194,14 @@ def parser() -> argparse.ArgumentParser:
     m.set_defaults(func=cmd_model)
 
     for name, func, text in (("run", cmd_run, "run a recipe end to end (stages cached)"),
-                             ("config", cmd_config, "print a recipe's resolved config")):
+                             ("config", cmd_config, "print a recipe's resolved config"),
+                             ("distill", cmd_train_stage, "distil the recipe's pruned students "
+                                                          "(runs import/prune first if needed; nproc=N)"),
+                             ("teacher-correct", cmd_train_stage, "fine-tune the recipe's teacher (nproc=N)")):
         r = sub.add_parser(name, help=text)
         r.add_argument("--config", required=True, help="recipe YAML")
         r.add_argument("overrides", nargs="*", help="key=value overrides, e.g. parallel.tensor_parallel=2")
-        if name == "run":
+        if name != "config":
             r.add_argument("--output", help="output root (default: the recipe's output_root)")
         else:
             r.add_argument("--explain", action="store_true", help="also print every key's documentation")

@@ -161,3 +161,52 @@ def test_batch_that_does_not_divide_over_data_parallel(models, tmp_path):
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert "global_batch_size=6 is not divisible by micro_batch_size=2 x data_parallel=2" in proc.stderr
+
+
+def test_top_k_and_intermediate_losses(models, tmp_path):
+    """Top-k logit KL and a cosine hidden-state loss between mapped layers (depth-pruned students)."""
+    job = make_job(models, tmp_path / "kd", steps=4, eval_interval=4, save_interval=4)
+    job.train["kd"] = {"temperature": 2.0, "top_k": 16, "lm_loss": True, "kd_loss_scale": 1.0,
+                       "intermediate_pairs": [["decoder.layers.1", "decoder.layers.3", "cosine"]]}
+    result = train(job)
+    curve = losses(tmp_path / "kd")
+    assert all(torch.isfinite(torch.tensor(curve))) and curve[-1] < curve[0]
+    assert result["validation"]["lm_loss"] > 0 and result["validation"]["kd_loss"] > 0
+
+
+def test_checkpoint_from_another_model_is_refused(models, tmp_path):
+    train(make_job(models, tmp_path / "run", teacher=False, steps=3, save_interval=3))
+    bigger = write_tiny_llama(tmp_path / "big_hf", seed=9, intermediate_size=96, num_hidden_layers=2)
+    hf_to_nemo(bigger, tmp_path / "big")
+    job = make_job(models, tmp_path / "run", teacher=False, steps=6, save_interval=3)
+    job.student = str(tmp_path / "big")
+    with pytest.raises(MinitronError, match="does not fit the model being trained"):
+        train(job)
+
+
+def test_disk_full_during_save_keeps_earlier_checkpoints(models, tmp_path, monkeypatch):
+    from minitron.training import checkpoint
+
+    train(make_job(models, tmp_path / "run", teacher=False, steps=3, save_interval=3))
+    real_save = checkpoint.dist_checkpointing.save
+
+    def full_disk(state, path, *a, **k):
+        real_save(state, path, *a, **k)  # the data lands, then the disk is full
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.dist_checkpointing, "save", full_disk)
+    with pytest.raises(MinitronError, match="No space left on device"):
+        train(make_job(models, tmp_path / "run", teacher=False, steps=6, save_interval=3))
+    names = sorted(p.name for p in (tmp_path / "run/checkpoints").iterdir())
+    assert "step_00000003" in names and "step_00000006" not in names  # the new one never looks complete
+    monkeypatch.undo()
+    train(make_job(models, tmp_path / "run", teacher=False, steps=6, save_interval=3))  # and resume works
+    assert (tmp_path / "run/checkpoints/step_00000006").is_dir()
+
+
+def test_distill_command_refuses_external_torchrun(tmp_path):
+    from conftest import run_minitron
+
+    proc = run_minitron("distill", "--config", str(REPO / "recipes/smollm2-135m_minitron_cpu.yaml"),
+                        env_extra={"WORLD_SIZE": "2"})
+    assert proc.returncode == 2 and "train-job" in proc.stderr

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from megatron.core import dist_checkpointing
+from torch.distributed.checkpoint.api import CheckpointException
 
 from minitron.errors import MinitronError
 from minitron.runtime import distributed
@@ -66,7 +67,12 @@ def save(root: Path, model, optimizer, scheduler, step: int, keep_last: int) -> 
 
 def load(path: Path, model, optimizer, scheduler) -> int:
     """Restore model, optimizer and LR schedule in place; return the step it was saved at."""
-    state = dist_checkpointing.load(_state(model, optimizer, scheduler, 0, is_loading=True), str(path))
+    try:
+        state = dist_checkpointing.load(_state(model, optimizer, scheduler, 0, is_loading=True), str(path))
+    except (Exception, CheckpointException) as e:  # DCP's CheckpointException is a BaseException
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise MinitronError(f"{path}: this checkpoint does not fit the model being trained ({first}); "
+                            "point the run at another output folder or set train.resume=never") from None
     hide = model.hide_teacher_model() if hasattr(model, "hide_teacher_model") else contextlib.nullcontext()
     with hide:
         model.load_state_dict(state["model"], strict=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -272,15 +273,19 @@ def _export_student(job: TrainJob, model, arch, target: Path) -> None:
     _, dtype, hf_config = nemo.read_context(job.student)
     partial_dir = target.with_name(f".{target.name}.partial")
     if distributed.is_rank0():
-        import shutil
-
         shutil.rmtree(partial_dir, ignore_errors=True)
         nemo.write_context(partial_dir, arch, dtype, hf_config, nemo.tokenizer_dir(job.student))
     torch.distributed.barrier()
     nemo.save_weights(model, partial_dir)
     torch.distributed.barrier()
     if distributed.is_rank0():
+        # A longer rerun replaces the student an earlier, shorter run exported.
+        old = target.with_name(f".{target.name}.old")
+        if target.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            target.rename(old)
         partial_dir.rename(target)
+        shutil.rmtree(old, ignore_errors=True)
     torch.distributed.barrier()
 
 
