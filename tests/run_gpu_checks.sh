@@ -12,3 +12,5 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, megatron.core, transformers; print('torch', torch.__version__, 'mcore', megatron.core.__version__, 'transformers', transformers.__version__)"
 python3 -m pytest -p no:cacheprovider -q -m gpu tests/test_gpu.py "$@"
 python3 -m pytest -p no:cacheprovider -q tests/test_conversion.py tests/test_mapping.py "$@"
+# Pruning and training on the GPU: NCCL, Megatron's bf16 optimizer and distributed optimizer.
+python3 -m pytest -p no:cacheprovider -q -m "not torchrun" tests/test_pruning.py tests/test_training.py "$@"

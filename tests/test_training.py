@@ -210,3 +210,44 @@ def test_distill_command_refuses_external_torchrun(tmp_path):
     proc = run_minitron("distill", "--config", str(REPO / "recipes/smollm2-135m_minitron_cpu.yaml"),
                         env_extra={"WORLD_SIZE": "2"})
     assert proc.returncode == 2 and "train-job" in proc.stderr
+
+
+def test_recipe_with_teacher_correction_and_distillation(tiny_hf, tmp_path):
+    """import -> teacher_correction -> prune -> distill through `minitron distill`; outputs load in HF."""
+    from conftest import run_minitron
+
+    text = tmp_path / "corpus.txt"
+    text.write_text("\n\n".join(f"Paragraph {i}: the quick brown fox jumps over the lazy dog; llamas graze "
+                                f"on plateau {i * 7 % 13}." for i in range(400)))
+    train_yaml = tmp_path / "train.yaml"
+    train_yaml.write_text("# Run: (test)\nsteps: 4\nmicro_batch_size: 2\nglobal_batch_size: 4\nwarmup_steps: 1\n"
+                          "lr: 1.0e-3\neval_interval: 2\nsave_interval: 2\neval_samples: 4\nprecision: bf16\n")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"""# Run: minitron distill --config r.yaml
+name: tiny
+stages: [import, teacher_correction, prune, distill]
+model: {{source: {tiny_hf}}}
+data: {{source: {text}, seq_length: 32, cache_dir: {tmp_path / 'data'}}}
+prune:
+  calibration_samples: 8
+  calibration_batch_size: 4
+  validation_samples: 4
+  selection_samples: 4
+  hidden_size_divisor: 16
+  ffn_hidden_size_divisor: 16
+  students: [{{name: width, hidden_size: 48, ffn_hidden_size: 64}}]
+teacher_correction: {{config: {train_yaml}}}
+distill: {{config: {train_yaml}}}
+""")
+    proc = run_minitron("distill", "--config", str(recipe), "--output", str(tmp_path / "runs"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "runs/tiny"
+    corrected = json.loads((run / "teacher_correction/summary.json").read_text())
+    distilled = json.loads((run / "distill-width/summary.json").read_text())
+    assert distilled["teacher"] == corrected["nemo"]  # the corrected teacher taught the student
+    assert json.loads((run / "prune-width/summary.json").read_text())["arch"]["hidden_size"] == 48
+    assert distilled["steps"] == 4 and (run / "distill-width/loss.png").is_file()
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(run / "distill-width/hf")
+    assert model.config.hidden_size == 48 and model.config.head_dim == 24
