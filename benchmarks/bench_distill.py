@@ -66,12 +66,14 @@ def torchrun(job, nproc: int, path: Path) -> list[dict]:
     return [json.loads(line) for line in (Path(job.output) / "metrics.jsonl").read_text().splitlines()]
 
 
-def exact_parallelism(r, out: Path) -> dict:
+def exact_parallelism(r, out: Path, lr: float) -> dict:
+    """Also runs TP1 with micro-batch 1 (same math, other summation order): the fp32 noise floor."""
     curves = {}
     short = dict(steps=10, warmup_steps=2, micro_batch_size=2, global_batch_size=8, precision="fp32",
-                 eval_interval=10, save_interval=10, eval_samples=2)
-    for name, tp, pp, dp in (("TP1", 1, 1, 1), ("PP2", 1, 2, 1), ("DP2", 1, 1, 2)):
-        job = job_for(r, out, f"parallel-{name}", True, **short)
+                 eval_interval=10, save_interval=10, eval_samples=2, lr=lr, min_lr=lr / 10)
+    for name, tp, pp, dp in (("TP1", 1, 1, 1), ("TP1-micro1", 1, 1, 1), ("PP2", 1, 2, 1), ("DP2", 1, 1, 2)):
+        job = job_for(r, out, f"parallel-{name}-lr{lr:g}", True,
+                      **{**short, "micro_batch_size": 1 if name == "TP1-micro1" else 2})
         job.tensor_parallel, job.pipeline_parallel = tp, pp
         job.data["seq_length"] = 64
         curves[name] = [m["loss"] for m in torchrun(job, tp * pp * dp, out / f"job-{name}.json")]
@@ -120,21 +122,59 @@ def recovery(r, out: Path) -> dict:
                    "wall_seconds": round(lm_seconds, 1)}}
 
 
+def heldout(r, out: Path) -> dict:
+    """Teacher, pruned, KD and LM students on the same held-out tokens (the prune stage's validation set)."""
+    import torch
+
+    from conversion.convert import load_megatron_from_nemo
+    from minitron import data
+    from minitron.pipeline import read_summary
+    from minitron.runtime import distributed
+    from minitron.runtime.inference import lm_loss
+    from minitron.stages import import_model
+
+    prepared = data.prepare(r.data, import_model.outputs(r)["hf"])
+    rows = torch.stack(list(data.samples(prepared, "validation", r.data.seq_length, r.prune.validation_samples)))
+    batches = [rows[i:i + 8] for i in range(0, len(rows), 8)]
+    distributed.initialize(1, 1)
+    models = {"teacher": import_model.outputs(r)["nemo"], "pruned": read_summary(r, "prune-width")["nemo"],
+              "kd": read_summary(r, "distill-width")["nemo"], "lm": out / "lm-baseline/nemo"}
+    losses = {k: lm_loss(load_megatron_from_nemo(v, dtype=torch.float32)[0].eval(), batches) for k, v in models.items()}
+    gap = losses["pruned"] - losses["teacher"]
+    return {"tokens": int(rows[:, :-1].numel()), "losses": losses,
+            "gap_recovered": {k: (losses["pruned"] - losses[k]) / gap for k in ("kd", "lm")}}
+
+
 def main() -> None:
     warnings.filterwarnings("ignore")
     parser = argparse.ArgumentParser()
     parser.add_argument("--output", type=Path, default=None)
-    parser.add_argument("--skip-recovery", action="store_true", help="skip the ~25-minute recovery runs")
+    parser.add_argument("--skip-recovery", action="store_true", help="skip the ~20-minute recovery runs")
+    parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--heldout-only", action="store_true",
+                        help="only re-score the models of an earlier run in --output on the same held-out tokens")
+    parser.add_argument("--parallel-lr", type=float, nargs="+", default=[1e-4, 3e-4],
+                        help="learning rates for the exact-parallelism runs")
     args = parser.parse_args()
     out = args.output or Path(tempfile.mkdtemp(prefix="bench_distill-"))
     out.mkdir(parents=True, exist_ok=True)
     r = pruned_width(out)
-    print("throughput (KD, SmolLM2 teacher -> width student, 2 cores):", flush=True)
-    result = {"throughput": throughput(r, out)}
-    print("exact parallelism (10 KD steps, fp32, global batch 8 x 64 tokens):", flush=True)
-    result["parallel"] = exact_parallelism(r, out)
-    for k, v in result["parallel"].items():
-        print(f"  {k}: max relative difference vs TP1 = {v['max_rel_diff']:.2e}")
+    if args.heldout_only:
+        h = heldout(r, out)
+        print(f"held-out ({h['tokens']} tokens): " + ", ".join(f"{k} {v:.4f}" for k, v in h["losses"].items()))
+        print("gap recovered: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in h["gap_recovered"].items()))
+        (out / "bench_distill_heldout.json").write_text(json.dumps(h, indent=2) + "\n")
+        return
+    result = {}
+    if not args.skip_throughput:
+        print("throughput (KD, SmolLM2 teacher -> width student, 2 cores):", flush=True)
+        result["throughput"] = throughput(r, out)
+    result["parallel"] = {}
+    for lr in args.parallel_lr:
+        print(f"exact parallelism (10 KD steps, fp32, global batch 8 x 64 tokens, lr {lr:g}):", flush=True)
+        result["parallel"][f"lr={lr:g}"] = par = exact_parallelism(r, out, lr)
+        for k, v in par.items():
+            print(f"  {k}: max relative difference vs TP1 = {v['max_rel_diff']:.2e}")
     if not args.skip_recovery:
         print("recovery (CPU recipe budget):", flush=True)
         result["recovery"] = rec = recovery(r, out)
@@ -142,6 +182,9 @@ def main() -> None:
         for k in ("kd", "lm"):
             print(f"  {k}: val LM loss {rec[k]['val_lm_loss']:.4f}, gap recovered {100 * rec[k]['gap_recovered']:.1f}%, "
                   f"wall {rec[k]['wall_seconds']} s")
+        result["heldout"] = h = heldout(r, out)
+        print(f"  same held-out tokens ({h['tokens']}): " + ", ".join(f"{k} {v:.4f}" for k, v in h["losses"].items()))
+        print("  gap recovered: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in h["gap_recovered"].items()))
     (out / "bench_distill.json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"results: {out / 'bench_distill.json'}")
 
