@@ -7,18 +7,16 @@ VENV     ?= .venv
 PY       := $(VENV)/bin/python
 MINITRON := $(VENV)/bin/minitron
 REQUIREMENTS ?= requirements/cpu.txt
-RECIPE   ?= recipes/smollm2-135m_demo_cpu.yaml
+RECIPE   ?= recipes/smollm2-135m_minitron_cpu.yaml
 OUT      ?=
 ARGS     ?=
 OUT_FLAG  = $(if $(OUT),--output $(OUT),)
 PYTEST_ARGS ?=
 
-PRUNE_RECIPE = $(if $(filter recipes/smollm2-135m_demo_cpu.yaml,$(RECIPE)),recipes/smollm2-135m_minitron_cpu.yaml,$(RECIPE))
-
 .PHONY: prune-width prune-depth prune distill teacher-correct bench-distill bench-pruning setup demo run test test-unit test-fast convert-hf-to-nemo convert-nemo-to-hf model bench-conversion clean help
 
 help:
-	@echo "make demo            run the demo recipe end to end on the embedded SmolLM2 (CPU)"
+	@echo "make demo            the whole pipeline on the embedded SmolLM2 on CPU (~15 min)"
 	@echo "make test            run the whole test suite (what CI runs)"
 	@echo "make run RECIPE=...  run any recipe; OUT=dir ARGS='k=v ...' pass through"
 	@echo "make convert-hf-to-nemo IN=hf_dir OUT=nemo_dir   (and convert-nemo-to-hf)"
@@ -40,27 +38,27 @@ model: setup
 	$(MINITRON) model default
 
 demo: setup
-	$(MINITRON) run --config recipes/smollm2-135m_demo_cpu.yaml $(OUT_FLAG) $(ARGS)
+	$(MINITRON) run --config recipes/smollm2-135m_minitron_cpu.yaml $(OUT_FLAG) $(ARGS)
 
 run: setup
 	$(MINITRON) run --config $(RECIPE) $(OUT_FLAG) $(ARGS)
 
 # Minitron pruning (CPU recipe on SmolLM2 by default; RECIPE= for any other, e.g. the Llama 3.1 DGX ones).
 prune-width: setup
-	$(MINITRON) run --config $(PRUNE_RECIPE) "stages=[import, prune]" "prune.only=[width]" $(OUT_FLAG) $(ARGS)
+	$(MINITRON) run --config $(RECIPE) "stages=[import, prune]" "prune.only=[width]" $(OUT_FLAG) $(ARGS)
 
 prune-depth: setup
-	$(MINITRON) run --config $(PRUNE_RECIPE) "stages=[import, prune]" "prune.only=[depth]" $(OUT_FLAG) $(ARGS)
+	$(MINITRON) run --config $(RECIPE) "stages=[import, prune]" "prune.only=[depth]" $(OUT_FLAG) $(ARGS)
 
 prune: setup
-	$(MINITRON) run --config $(PRUNE_RECIPE) "stages=[import, prune]" $(OUT_FLAG) $(ARGS)
+	$(MINITRON) run --config $(RECIPE) "stages=[import, prune]" $(OUT_FLAG) $(ARGS)
 
 # Distillation of the pruned student(s) from the (optionally corrected) teacher.
 distill: setup
-	$(MINITRON) distill --config $(PRUNE_RECIPE) $(OUT_FLAG) $(ARGS)
+	$(MINITRON) distill --config $(RECIPE) $(OUT_FLAG) $(ARGS)
 
 teacher-correct: setup
-	$(MINITRON) teacher-correct --config $(PRUNE_RECIPE) $(OUT_FLAG) $(ARGS)
+	$(MINITRON) teacher-correct --config $(RECIPE) $(OUT_FLAG) $(ARGS)
 
 bench-distill: setup
 	$(PY) benchmarks/bench_distill.py

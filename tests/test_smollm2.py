@@ -48,11 +48,11 @@ def test_megatron_matches_transformers_on_real_text(smollm2_hf, tmp_path):
 
 @pytest.mark.torchrun
 def test_demo_recipe_runs_and_resumes(tmp_path):
-    args = ["run", "--config", str(REPO / "recipes/smollm2-135m_demo_cpu.yaml"), "--output", str(tmp_path),
-            "verify.layouts=[[1, 1], [1, 2]]"]
+    args = ["run", "--config", str(REPO / "recipes/smollm2-135m_minitron_cpu.yaml"), "--output", str(tmp_path),
+            "stages=[import, verify]", "verify.layouts=[[1, 1], [1, 2]]"]
     first = run_minitron(*args)
     assert first.returncode == 0, first.stderr[-3000:]
-    summary = json.loads((tmp_path / "smollm2-135m_demo_cpu/verify/summary.json").read_text())
+    summary = json.loads((tmp_path / "smollm2-135m_minitron_cpu/verify/summary.json").read_text())
     assert summary["roundtrip_identical"] is True
     assert [lay["pipeline_parallel"] for lay in summary["layouts"]] == [1, 2]
     assert all(lay["max_abs_logit_diff"] <= 1e-4 for lay in summary["layouts"])
