@@ -92,6 +92,34 @@ def tokens(n: int = 23, vocab: int = 256, batch: int = 2, seed: int = 1) -> torc
     return torch.randint(0, vocab, (batch, n), generator=g)
 
 
+def write_corpus(path: Path) -> Path:
+    """400 short English paragraphs: enough text for every split of the data pipeline."""
+    path.write_text("\n\n".join(f"Paragraph {i}: the quick brown fox jumps over the lazy dog while llamas "
+                                  f"graze on the high plateau number {i * 7 % 13}." for i in range(400)))
+    return path
+
+
+def write_tiny_recipe(tmp_path: Path, hf: Path, stages: str, students: str, extra: str = "") -> Path:
+    """A recipe for a tiny model: small calibration, a search grid that fits hidden 64."""
+    text = write_corpus(tmp_path / "corpus.txt")
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(f"""# Run: minitron run --config tiny.yaml
+name: tiny
+stages: {stages}
+model: {{source: {hf}}}
+data: {{source: {text}, seq_length: 32, cache_dir: {tmp_path / 'data'}}}
+prune:
+  calibration_samples: 8
+  calibration_batch_size: 4
+  validation_samples: 4
+  selection_samples: 4
+  hidden_size_divisor: 16
+  ffn_hidden_size_divisor: 16
+  students: {students}
+{extra}""")
+    return recipe
+
+
 def run_minitron(*args: str, cwd: Path | None = None, env_extra: dict | None = None):
     env = {**os.environ, **(env_extra or {})}
     return subprocess.run([sys.executable, "-m", "minitron.cli", *args], capture_output=True, text=True,

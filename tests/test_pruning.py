@@ -181,26 +181,9 @@ def test_pipeline_parallel_pruning(tiny_nemo, token_file, tmp_path):
 
 
 def write_recipe(tmp_path, hf, students: str):
-    text = tmp_path / "corpus.txt"
-    paragraphs = [f"Paragraph {i}: the quick brown fox jumps over the lazy dog while llamas graze "
-                  f"on the high plateau number {i * 7 % 13}." for i in range(400)]
-    text.write_text("\n\n".join(paragraphs))
-    recipe = tmp_path / "tiny_prune.yaml"
-    recipe.write_text(f"""# Run: minitron run --config tiny_prune.yaml
-name: tiny
-stages: [import, prune]
-model: {{source: {hf}}}
-data: {{source: {text}, seq_length: 32, cache_dir: {tmp_path / 'data'}}}
-prune:
-  calibration_samples: 8
-  calibration_batch_size: 4
-  validation_samples: 4
-  selection_samples: 4
-  hidden_size_divisor: 16
-  ffn_hidden_size_divisor: 16
-  students: {students}
-""")
-    return recipe
+    from conftest import write_tiny_recipe
+
+    return write_tiny_recipe(tmp_path, hf, "[import, prune]", students)
 
 
 def test_prune_stage_end_to_end(tiny_hf, tmp_path):

@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from conftest import REPO, write_tiny_llama
+from conftest import REPO, write_corpus, write_tiny_llama, write_tiny_recipe
 from conversion.convert import hf_to_nemo
 from minitron import config
 from minitron.data import DataConfig
@@ -27,9 +27,7 @@ def models(tmp_path_factory):
     student = write_tiny_llama(root / "student_hf", seed=5, intermediate_size=64, num_hidden_layers=2)
     hf_to_nemo(teacher, root / "teacher")
     hf_to_nemo(student, root / "student")
-    text = root / "corpus.txt"
-    text.write_text("\n\n".join(f"Paragraph {i}: the quick brown fox jumps over the lazy dog; llamas graze "
-                                f"on plateau {i * 7 % 13}." for i in range(400)))
+    write_corpus(root / "corpus.txt")
     return root
 
 
@@ -216,29 +214,12 @@ def test_recipe_with_teacher_correction_and_distillation(tiny_hf, tmp_path):
     """import -> teacher_correction -> prune -> distill through `minitron distill`; outputs load in HF."""
     from conftest import run_minitron
 
-    text = tmp_path / "corpus.txt"
-    text.write_text("\n\n".join(f"Paragraph {i}: the quick brown fox jumps over the lazy dog; llamas graze "
-                                f"on plateau {i * 7 % 13}." for i in range(400)))
     train_yaml = tmp_path / "train.yaml"
     train_yaml.write_text("# Run: (test)\nsteps: 4\nmicro_batch_size: 2\nglobal_batch_size: 4\nwarmup_steps: 1\n"
                           "lr: 1.0e-3\neval_interval: 2\nsave_interval: 2\neval_samples: 4\nprecision: bf16\n")
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(f"""# Run: minitron distill --config r.yaml
-name: tiny
-stages: [import, teacher_correction, prune, distill]
-model: {{source: {tiny_hf}}}
-data: {{source: {text}, seq_length: 32, cache_dir: {tmp_path / 'data'}}}
-prune:
-  calibration_samples: 8
-  calibration_batch_size: 4
-  validation_samples: 4
-  selection_samples: 4
-  hidden_size_divisor: 16
-  ffn_hidden_size_divisor: 16
-  students: [{{name: width, hidden_size: 48, ffn_hidden_size: 64}}]
-teacher_correction: {{config: {train_yaml}}}
-distill: {{config: {train_yaml}}}
-""")
+    recipe = write_tiny_recipe(tmp_path, tiny_hf, "[import, teacher_correction, prune, distill]",
+                               "[{name: width, hidden_size: 48, ffn_hidden_size: 64}]",
+                               f"teacher_correction: {{config: {train_yaml}}}\ndistill: {{config: {train_yaml}}}\n")
     proc = run_minitron("distill", "--config", str(recipe), "--output", str(tmp_path / "runs"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "runs/tiny"
