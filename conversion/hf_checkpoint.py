@@ -103,7 +103,7 @@ def write_sharded(tensors: Iterable[tuple[str, torch.Tensor]], out_dir: Path,
                   max_shard_bytes: int = 5 * 2**30) -> list[str]:
     """Write tensors as ``model-0000k-of-0000n.safetensors`` (+ index), flushing each full shard."""
     shard: dict[str, torch.Tensor] = {}
-    size, written, weight_map = 0, [], {}
+    size, total, written, weight_map = 0, 0, [], {}
 
     def flush():
         nonlocal shard, size
@@ -118,30 +118,19 @@ def write_sharded(tensors: Iterable[tuple[str, torch.Tensor]], out_dir: Path,
             flush()
         shard[name] = t.contiguous()
         size += nbytes
+        total += nbytes
     if shard:
         flush()
     n = len(written)
     names = ["model.safetensors"] if n == 1 else [f"model-{k + 1:05d}-of-{n:05d}.safetensors" for k in range(n)]
-    total = 0
     for (tmp_name, keys), final in zip(written, names):
         (out_dir / tmp_name).rename(out_dir / final)
         weight_map.update({k: final for k in keys})
     if n > 1:
-        for path in names:
-            with safe_open(out_dir / path, framework="pt") as f:
-                for k in f.keys():
-                    sl = f.get_slice(k)
-                    total += _nbytes(sl.get_shape(), sl.get_dtype())
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         (out_dir / WEIGHTS_INDEX).write_text(json.dumps(index, indent=2) + "\n")
     return names
 
-
-def _nbytes(shape, dtype: str) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n * torch.empty((), dtype=_DTYPES[dtype]).element_size()
 
 
 def copy_sidecars(src: Path, dst: Path) -> list[str]:

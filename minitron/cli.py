@@ -111,34 +111,33 @@ def cmd_run(args) -> dict:
     return pipeline.run(recipe)
 
 
-def _with_nproc(recipe, overrides: list[str]) -> list[str]:
-    """`nproc=N` sets the data-parallel size so that TP * PP * DP = N."""
-    rest = [o for o in overrides if not o.startswith("nproc=")]
-    for o in overrides:
-        if o.startswith("nproc="):
-            from minitron.errors import MinitronError
+def _load_with_nproc(path, overrides: list[str]):
+    """Load a recipe; `nproc=N` among the overrides sets DP so that TP * PP * DP = N."""
+    from minitron import config
+    from minitron.errors import MinitronError
+    from minitron.recipe import Recipe
 
-            n = int(o.split("=", 1)[1])
-            mp = recipe.parallel.tensor_parallel * recipe.parallel.pipeline_parallel
-            if n < 1 or n % mp:
-                raise MinitronError(f"nproc={n} is not a multiple of tensor_parallel x pipeline_parallel = {mp}")
-            recipe.parallel.data_parallel = n // mp
-    return rest
+    nproc = [int(o.split("=", 1)[1]) for o in overrides if o.startswith("nproc=")]
+    recipe = config.load(Recipe, path, [o for o in overrides if not o.startswith("nproc=")])
+    for n in nproc:
+        mp = recipe.parallel.tensor_parallel * recipe.parallel.pipeline_parallel
+        if n < 1 or n % mp:
+            raise MinitronError(f"nproc={n} is not a multiple of tensor_parallel x pipeline_parallel = {mp}")
+        recipe.parallel.data_parallel = n // mp
+    return recipe
 
 
 def cmd_train_stage(args) -> dict:
     """`minitron distill` / `minitron teacher-correct`: the recipe up to that stage (cached stages skip)."""
     import os
 
-    from minitron import config, pipeline
+    from minitron import pipeline
     from minitron.errors import MinitronError
-    from minitron.recipe import Recipe
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise MinitronError(f"`minitron {args.command}` launches its own ranks (nproc=N); under an external "
                             "torchrun (e.g. multi-node) run `minitron train-job <stage>.work/job.json` instead")
-    recipe = config.load(Recipe, args.config, [o for o in args.overrides if not o.startswith("nproc=")])
-    _with_nproc(recipe, args.overrides)
+    recipe = _load_with_nproc(args.config, args.overrides)
     if args.command == "teacher-correct":
         recipe.stages = ["import", "teacher_correction"]
     else:  # a corrected teacher is used when the recipe lists teacher correction

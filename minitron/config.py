@@ -25,6 +25,11 @@ def doc(default, help: str, **kw):
     return dataclasses.field(default=default, metadata={"help": help}, **kw)
 
 
+def at_least_one(obj, keys, prefix: str = "") -> list[str]:
+    """Problems for every field in `keys` of `obj` that is below 1 (counts, sizes, intervals)."""
+    return [f"{prefix}{k}={getattr(obj, k)} must be >= 1" for k in keys if getattr(obj, k) < 1]
+
+
 def parse_overrides(pairs: list[str]) -> dict:
     """``["a.b=3", "c=x"]`` -> ``{"a": {"b": 3}, "c": "x"}`` (values parsed as YAML scalars)."""
     tree: dict = {}

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 from conversion.verify import SAMPLE_TEXT
-from minitron.config import doc
+from minitron.config import at_least_one, doc
 from minitron.data.config import DataConfig
 from minitron.pruning.config import PruneConfig
 
@@ -34,7 +34,7 @@ class ParallelConfig:
                                 "(under torchrun when more than one)")
 
     def check(self) -> list[str]:
-        return [f"parallel.{k}={v} must be >= 1" for k, v in dataclasses.asdict(self).items() if v < 1]
+        return at_least_one(self, [f.name for f in dataclasses.fields(self)], "parallel.")
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-from minitron.config import doc
+from minitron.config import at_least_one, doc
 
 
 @dataclass
@@ -59,10 +59,8 @@ class PruneConfig:
         names = [s.name for s in self.students]
         problems = [f"prune.students: duplicate name {n!r}" for n in set(names) if names.count(n) > 1]
         problems += [f"prune.only: no student named {n!r} (have {names})" for n in self.only if n not in names]
-        for key in ("calibration_samples", "calibration_batch_size", "validation_samples", "selection_samples",
-                    "top_k"):
-            if getattr(self, key) < 1:
-                problems.append(f"prune.{key} must be >= 1")
+        problems += at_least_one(self, ("calibration_samples", "calibration_batch_size", "validation_samples",
+                                        "selection_samples", "top_k"), "prune.")
         if self.selection_samples > self.calibration_samples:
             problems.append("prune.selection_samples must be <= prune.calibration_samples")
         return problems

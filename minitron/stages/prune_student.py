@@ -15,26 +15,15 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from conversion import nemo_checkpoint as nemo
 from conversion.convert import load_megatron_from_nemo, nemo_to_hf
 from conversion.verify import hf_logits
-from minitron.errors import MinitronError
 from minitron.pruning import report
 from minitron.pruning.config import StudentConfig
-from minitron.pruning.prune import PruneJob, check_target, run_job
+from minitron.pruning.prune import PruneJob, run_job
 from minitron.recipe import Recipe
 from minitron.runtime import distributed
 from minitron.runtime.launch import run_cli
 from minitron.stages import import_model
-
-
-def check(recipe: Recipe, student: StudentConfig) -> None:
-    """Reject impossible targets before any data is tokenized or model loaded."""
-    arch, _, _ = nemo.read_context(import_model.outputs(recipe)["nemo"])
-    problems = check_target(student, arch, recipe.prune, recipe.parallel.tensor_parallel,
-                            recipe.parallel.pipeline_parallel)
-    if problems:
-        raise MinitronError("; ".join(problems))
 
 
 def scores_dir(recipe: Recipe, teacher: Path, token_digest: str) -> Path:
@@ -49,8 +38,6 @@ def write_tokens(recipe: Recipe, hf_dir: Path, path: Path) -> str:
     """Calibration rows from the train split, validation rows from the held-out split."""
     from minitron import data
 
-    arch, _, _ = nemo.read_context(import_model.outputs(recipe)["nemo"])
-    data.check_tokenizer_matches(hf_dir, arch.vocab_size)
     prepared = data.prepare(recipe.data, hf_dir)
     seq = recipe.data.seq_length
     calibration = torch.stack(list(data.samples(prepared, "train", seq, recipe.prune.calibration_samples,
@@ -62,7 +49,6 @@ def write_tokens(recipe: Recipe, hf_dir: Path, path: Path) -> str:
 
 
 def run(recipe: Recipe, out: Path, student: StudentConfig) -> dict:
-    check(recipe, student)
     from minitron.stages.train_model import teacher_nemo
 
     paths = {"hf": import_model.outputs(recipe)["hf"], "nemo": teacher_nemo(recipe)}

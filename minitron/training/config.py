@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-from minitron.config import doc
+from minitron.config import at_least_one, doc
 
 
 @dataclass
@@ -55,11 +55,8 @@ class TrainConfig:
     kd: KDConfig = doc(KDConfig, "distillation loss (ignored by teacher correction)")
 
     def check(self) -> list[str]:
-        problems = []
-        for key in ("steps", "micro_batch_size", "global_batch_size", "log_interval", "eval_interval",
-                    "eval_samples", "save_interval", "keep_last"):
-            if getattr(self, key) < 1:
-                problems.append(f"{key}={getattr(self, key)} must be >= 1")
+        problems = at_least_one(self, ("steps", "micro_batch_size", "global_batch_size", "log_interval",
+                                       "eval_interval", "eval_samples", "save_interval", "keep_last"))
         if self.global_batch_size % self.micro_batch_size:
             problems.append(f"global_batch_size={self.global_batch_size} is not a multiple of "
                             f"micro_batch_size={self.micro_batch_size}")
