@@ -13,17 +13,24 @@ ARGS     ?=
 OUT_FLAG  = $(if $(OUT),--output $(OUT),)
 PYTEST_ARGS ?=
 
-.PHONY: prune-width prune-depth prune distill teacher-correct bench-distill bench-pruning setup demo run test test-unit test-fast convert-hf-to-nemo convert-nemo-to-hf model bench-conversion clean help
+.PHONY: eval report export build-engine bench-fp8 prune-width prune-depth prune distill teacher-correct bench-distill bench-pruning setup demo run test test-unit test-fast convert-hf-to-nemo convert-nemo-to-hf model bench-conversion clean help
 
 help:
-	@echo "make demo            the whole pipeline on the embedded SmolLM2 on CPU (~15 min)"
+	@echo "make demo            the whole pipeline on the embedded SmolLM2 on CPU (~35 min), ending with its report"
 	@echo "make test            run the whole test suite (what CI runs)"
 	@echo "make run RECIPE=...  run any recipe; OUT=dir ARGS='k=v ...' pass through"
 	@echo "make convert-hf-to-nemo IN=hf_dir OUT=nemo_dir   (and convert-nemo-to-hf)"
 	@echo "make prune-width / prune-depth   Minitron-prune SmolLM2 on CPU (RECIPE= for Llama 3.1 on GPUs)"
 	@echo "make distill / teacher-correct   distil the pruned SmolLM2 width student (about 15 min on 2 cores)"
+	@echo "make eval / report   perplexity, lm-eval tasks and speed of every model of the run; report.md + plots"
 	@echo "make bench-conversion  time and peak memory of the SmolLM2 conversions"
 	@echo "make bench-pruning     activation vs baselines, calibration overhead, recipe wall time"
+	@echo "make serve             PyTriton + OpenAI API on 127.0.0.1 (MODEL=dir, BACKEND=tensorrt_llm, SERVE_ARGS=...)"
+	@echo "make query             one chat request to the running server (PROMPT='...')"
+	@echo "make bench-serving     64 concurrent clients vs one at a time against the CPU server (SmolLM2)"
+	@echo "make export            FP8 TensorRT-LLM checkpoint of the newest distilled student (EXPORT_FORMAT=hf, EXPORT_DTYPE=bf16)"
+	@echo "make build-engine      trtllm-build the export (TensorRT-LLM 1.2 + GPU; exit 3 without them)"
+	@echo "make bench-fp8         SmolLM2 held-out perplexity, BF16 vs FP8 (Model Optimizer PTQ, CPU fake-quant)"
 
 # Idempotent: reinstalls only when the pins or the package metadata change.
 setup: $(VENV)/.installed
@@ -53,6 +60,13 @@ prune-depth: setup
 prune: setup
 	$(MINITRON) run --config $(RECIPE) "stages=[import, prune]" $(OUT_FLAG) $(ARGS)
 
+# Evaluation and the report of a run: whatever models it has so far (RECIPE=, OUT=, ARGS= as above).
+eval: setup
+	$(MINITRON) eval --config $(RECIPE) $(OUT_FLAG) $(ARGS)
+
+report: setup
+	$(MINITRON) report --config $(RECIPE) $(OUT_FLAG) $(ARGS)
+
 # Distillation of the pruned student(s) from the (optionally corrected) teacher.
 distill: setup
 	$(MINITRON) distill --config $(RECIPE) $(OUT_FLAG) $(ARGS)
@@ -63,8 +77,50 @@ teacher-correct: setup
 bench-distill: setup
 	$(PY) benchmarks/bench_distill.py
 
+# Deployment (deploy/README.md): export the newest distilled student of the default recipe, else the
+# embedded SmolLM2. An existing export folder is reused; remove it (or set EXPORT_DIR) to redo it.
+EXPORT_MODEL  ?= $(or $(shell ls -td runs/smollm2-135m_minitron_cpu/distill-*/hf 2>/dev/null | head -1),embedded:smollm2-135m-instruct)
+EXPORT_FORMAT ?= trtllm
+EXPORT_DTYPE  ?= fp8
+EXPORT_ARGS   ?=
+EXPORT_NAME    = $(if $(findstring embedded:,$(EXPORT_MODEL)),smollm2-135m-instruct,$(notdir $(patsubst %/hf,%,$(EXPORT_MODEL))))
+EXPORT_DIR    ?= runs/export/$(EXPORT_NAME)-$(EXPORT_FORMAT)-$(EXPORT_DTYPE)
+ENGINE_DIR    ?= $(EXPORT_DIR)-engine
+ENGINE_ARGS   ?= --max-batch-size 8 --max-input-len 1024 --max-seq-len 2048
+
+export: setup
+	@if [ -f $(EXPORT_DIR)/export.json ]; then echo "$(EXPORT_DIR) exists (remove it to export again)"; else \
+	  $(MINITRON) export --model $(EXPORT_MODEL) --format $(EXPORT_FORMAT) --dtype $(EXPORT_DTYPE) \
+	    --output $(EXPORT_DIR) $(EXPORT_ARGS); fi
+
+# Exit status 3 (one line, no traceback) where there is no GPU / TensorRT-LLM 1.2: the checkpoint is valid.
+build-engine: EXPORT_FORMAT = trtllm
+build-engine: export
+	$(MINITRON) build-engine --checkpoint $(EXPORT_DIR) --output $(ENGINE_DIR) $(ENGINE_ARGS)
+
+bench-fp8: setup
+	$(PY) benchmarks/bench_fp8.py $(ARGS)
+
 bench-pruning: setup
 	$(PY) benchmarks/bench_pruning.py
+
+# Serving (deploy/README.md): no MODEL = newest distilled student of the default recipe, else the embedded
+# SmolLM2. Everything binds 127.0.0.1; SERVE_ARGS="--host 0.0.0.0 --port 9000" to change that.
+.PHONY: serve query bench-serving
+MODEL      ?=
+BACKEND    ?= pytorch
+SERVE_ARGS ?=
+PROMPT     ?= What is the capital of France?
+QUERY_ARGS ?=
+
+serve: setup
+	$(MINITRON) serve $(if $(MODEL),--model $(MODEL),) --backend $(BACKEND) $(SERVE_ARGS)
+
+query: setup
+	$(MINITRON) query "$(PROMPT)" $(QUERY_ARGS)
+
+bench-serving: setup
+	$(PY) benchmarks/bench_serving.py
 
 convert-hf-to-nemo: setup
 	$(MINITRON) convert hf-to-nemo --input $(IN) $(OUT_FLAG)

@@ -1,6 +1,7 @@
 """Distillation on CPU: exact parallelism, throughput, and recovery of the pruned SmolLM2 student.
 
 Run: make bench-distill   (or: .venv/bin/python benchmarks/bench_distill.py [--output DIR] [--skip-recovery])
+     .venv/bin/python benchmarks/bench_distill.py --teacher-correction   (KD vs LM, Minitron's protocol)
 
 1. Exact parallelism: the same 10 KD steps (fp32) at TP=1, PP=2 and DP=2 under torchrun, same
    global batch; max relative loss difference per step vs TP=1. The SmolLM2 width student (3 KV
@@ -11,6 +12,8 @@ Run: make bench-distill   (or: .venv/bin/python benchmarks/bench_distill.py [--o
 3. Recovery: the width student distilled with the CPU recipe (KD), trained with plain LM loss, and
    with KD + LM loss, all on the same tokens; fraction of the (pruned - teacher) loss gap recovered,
    every model scored on the same held-out tokens.
+4. With --teacher-correction: the same KD vs LM comparison after correcting the teacher on the
+   distillation data first (the Minitron protocol: prune and distil from the corrected teacher).
 """
 
 from __future__ import annotations
@@ -102,21 +105,22 @@ def throughput(r, out: Path) -> dict:
     return rows
 
 
-def recovery(r, out: Path) -> dict:
+def recovery(r, out: Path, mix: bool = True) -> dict:
     from minitron import pipeline
     from minitron.pipeline import read_summary
     from minitron.training.loop import train
 
     start = time.perf_counter()
-    pipeline.run(recipe(out, "stages=[import, prune, distill]", "prune.only=[width]"))
+    pipeline.run(recipe(out, f"stages=[{', '.join(r.stages)}]", "prune.only=[width]", "distill.students=[width]"))
     kd_seconds = time.perf_counter() - start
     kd = read_summary(r, "distill-width")
     start = time.perf_counter()
     lm = train(job_for(r, out, "lm-baseline", False))
     lm_seconds = time.perf_counter() - start
-    mix_job = job_for(r, out, "kd-lm-mix", True)
-    mix_job.train["kd"]["lm_loss"] = True  # KD plus the student's own LM loss (balanced by Model Optimizer)
-    train(mix_job)
+    if mix:
+        mix_job = job_for(r, out, "kd-lm-mix", True)
+        mix_job.train["kd"]["lm_loss"] = True  # KD plus the student's own LM loss (balanced by Model Optimizer)
+        train(mix_job)
     pruned, teacher = kd["pruned_validation_loss"], kd["teacher_validation_loss"]
     gap = pruned - teacher
     return {"teacher": teacher, "pruned": pruned, "tokens": kd["tokens"],
@@ -141,14 +145,19 @@ def heldout(r, out: Path) -> dict:
     rows = torch.stack(list(data.samples(prepared, "validation", r.data.seq_length, r.prune.validation_samples)))
     batches = [rows[i:i + 8] for i in range(0, len(rows), 8)]
     distributed.initialize(1, 1)
-    models = {"teacher": import_model.outputs(r)["nemo"], "pruned": read_summary(r, "prune-width")["nemo"],
+    corrected = r.stage_dir("teacher_correction") / "nemo"
+    models = {"teacher": import_model.outputs(r)["nemo"],
+              **({"teacher-corrected": corrected} if "teacher_correction" in r.stages else {}),
+              "pruned": read_summary(r, "prune-width")["nemo"],
               "kd": read_summary(r, "distill-width")["nemo"], "lm": out / "lm-baseline/nemo",
               "kd+lm": out / "kd-lm-mix/nemo"}
     models = {k: v for k, v in models.items() if Path(v).exists()}
     losses = {k: lm_loss(load_megatron_from_nemo(v, dtype=torch.float32)[0].eval(), batches) for k, v in models.items()}
-    gap = losses["pruned"] - losses["teacher"]
-    return {"tokens": int(rows[:, :-1].numel()), "losses": losses,
-            "gap_recovered": {k: (losses["pruned"] - losses[k]) / gap for k in losses if k not in ("teacher", "pruned")}}
+    teacher = "teacher-corrected" if "teacher-corrected" in losses else "teacher"  # the one that taught
+    gap = losses["pruned"] - losses[teacher]
+    return {"tokens": int(rows[:, :-1].numel()), "losses": losses, "gap_relative_to": teacher,
+            "gap_recovered": {k: (losses["pruned"] - losses[k]) / gap for k in losses
+                              if k not in ("teacher", "teacher-corrected", "pruned")}}
 
 
 def main() -> None:
@@ -159,11 +168,26 @@ def main() -> None:
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--heldout-only", action="store_true",
                         help="only re-score the models of an earlier run in --output on the same held-out tokens")
+    parser.add_argument("--teacher-correction", action="store_true",
+                        help="recovery only, Minitron's protocol: correct the teacher first (LM fine-tune on the "
+                             "distillation data), prune it, then KD vs LM from that pruned student")
     parser.add_argument("--parallel-lr", type=float, nargs="+", default=[1e-4, 3e-4],
                         help="learning rates for the exact-parallelism runs")
     args = parser.parse_args()
     out = args.output or Path(tempfile.mkdtemp(prefix="bench_distill-"))
     out.mkdir(parents=True, exist_ok=True)
+    if args.teacher_correction:
+        r = recipe(out, "stages=[import, teacher_correction, prune, distill]", "prune.only=[width]")
+        print("recovery with teacher correction (CPU recipe budget):", flush=True)
+        rec = recovery(r, out, mix=False)
+        print(f"  {rec['tokens']} tokens; KD wall {rec['kd']['wall_seconds']} s (incl. correction and pruning), "
+              f"LM wall {rec['lm']['wall_seconds']} s")
+        h = heldout(r, out)
+        print(f"  same held-out tokens ({h['tokens']}): " + ", ".join(f"{k} {v:.4f}" for k, v in h["losses"].items()))
+        print(f"  gap (pruned - {h['gap_relative_to']}) recovered: "
+              + ", ".join(f"{k} {100 * v:.1f}%" for k, v in h["gap_recovered"].items()))
+        (out / "bench_distill_corrected.json").write_text(json.dumps({"recovery": rec, "heldout": h}, indent=2) + "\n")
+        return
     r = pruned_width(out)
     if args.heldout_only:
         h = heldout(r, out)
@@ -183,7 +207,7 @@ def main() -> None:
             print(f"  {k}: max relative difference vs TP1 = {v['max_rel_diff']:.2e}")
     if not args.skip_recovery:
         print("recovery (CPU recipe budget):", flush=True)
-        result["recovery"] = rec = recovery(r, out)
+        result["recovery"] = rec = recovery(recipe(out, "stages=[import, prune, distill]"), out)
         print(f"  teacher {rec['teacher']:.4f}, pruned {rec['pruned']:.4f}, {rec['tokens']} tokens")
         for k in ("kd", "lm"):
             print(f"  {k}: val LM loss {rec[k]['val_lm_loss']:.4f}, gap recovered {100 * rec[k]['gap_recovered']:.1f}%, "

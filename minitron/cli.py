@@ -7,6 +7,12 @@
     minitron verify --nemo NEMO_DIR --hf HF_DIR [--tp N --pp N]   (under torchrun for N > 1)
     minitron model default                                         (path of the embedded model)
     minitron config --config FILE [key=value ...]                  (resolved config, documented)
+    minitron serve [--model DIR] [--backend pytorch|tensorrt_llm] [--host H] [--port N]   (PyTriton + OpenAI API)
+    minitron query [PROMPT] [--url URL] [--stream]                 (ask a running `minitron serve`)
+    minitron export --model HF --format hf|trtllm --dtype bf16|fp8 --output DIR [--tp N --pp N]
+    minitron build-engine --checkpoint TRTLLM_DIR --output ENGINE_DIR   (trtllm-build; exit 3 without GPU)
+    minitron eval --config R [--model NAME=HF_DIR ...] [key=value]  (perplexity, lm-eval, speed of the run's models)
+    minitron report --config R                                      (report.md + plots of the run)
 """
 
 from __future__ import annotations
@@ -108,7 +114,49 @@ def cmd_run(args) -> dict:
     recipe = config.load(Recipe, args.config, args.overrides)
     if args.output:
         recipe.output_root = str(Path(args.output))
-    return pipeline.run(recipe)
+    return _compact(pipeline.run(recipe))
+
+
+def cmd_eval_report(args) -> dict:
+    """`minitron eval` / `minitron report`: measure / tabulate the models the run has so far."""
+    from minitron import config, pipeline
+    from minitron.errors import MinitronError
+    from minitron.recipe import Recipe
+
+    recipe = config.load(Recipe, args.config, args.overrides)
+    if args.output:
+        recipe.output_root = str(Path(args.output))
+    for spec in args.model or []:
+        if "=" not in spec:
+            raise MinitronError(f"--model {spec!r}: give NAME=HF_DIR, e.g. --model fp8=runs/export/fp8-hf")
+    recipe.eval.extra_models += args.model or []
+    recipe.stages = ["eval"] if args.command == "eval" else ["report"]
+    return _compact(pipeline.run(recipe))
+
+
+def _compact(results: dict) -> dict:
+    """What a person reads at the end of a run: each stage's time, and the report's table when written."""
+    out = {stage: {"seconds": s.get("stage_seconds")} for stage, s in results.items()}
+    if "report" in results:
+        print(Path(results["report"]["report"]).read_text().split("\n## Speed")[0])
+        out["report"] = results["report"]["report"]
+    if "eval" in results:
+        out["eval"] = {name: {"perplexity": (r.get("perplexity") or {}).get("perplexity"), "params": r["params"]}
+                       for name, r in results["eval"]["models"].items()}
+    return out
+
+
+def cmd_serve(args) -> None:
+    from deploy.serving.server import serve
+
+    serve(args)
+    return None
+
+
+def cmd_query(args) -> dict | None:
+    from deploy.serving.client import query
+
+    return query(args) or None
 
 
 def _load_with_nproc(path, overrides: list[str]):
@@ -134,10 +182,10 @@ def cmd_train_stage(args) -> dict:
     from minitron import pipeline
     from minitron.errors import MinitronError
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise MinitronError(f"`minitron {args.command}` launches its own ranks (nproc=N); under an external "
-                            "torchrun (e.g. multi-node) run `minitron train-job <stage>.work/job.json` instead")
-    recipe = _load_with_nproc(args.config, args.overrides)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and any(o.startswith("nproc=") for o in args.overrides):
+        raise MinitronError("nproc=N launches its own ranks; under torchrun leave it out (the world size is N)")
+    recipe = _load_with_nproc(args.config, args.overrides + ([f"nproc={world}"] if world > 1 else []))
     if args.command == "teacher-correct":
         recipe.stages = ["import", "teacher_correction"]
     else:  # a corrected teacher is used when the recipe lists teacher correction
@@ -148,7 +196,101 @@ def cmd_train_stage(args) -> dict:
     config_errors = recipe.check()
     if config_errors:
         raise MinitronError("; ".join(config_errors))
-    return pipeline.run(recipe)
+    if world > 1:
+        return _train_under_torchrun(recipe)
+    return _compact(pipeline.run(recipe))
+
+
+def _train_under_torchrun(recipe) -> dict | None:
+    """Every rank trains; rank 0 then exports and writes the stage folder (shared filesystem).
+
+    Under an external torchrun (multi-node: torchrun's rendezvous) the earlier stages must be done
+    already (`minitron run ... stages=[import, prune]`): they are single-process work.
+    """
+    import time
+
+    from minitron import pipeline
+    from minitron.runtime import distributed
+    from minitron.stages import train_model
+    from minitron.training.loop import train
+
+    names = [n for n, _ in pipeline.planned_stages(recipe) if n == "teacher_correction" or n.startswith("distill-")]
+    rank0 = int(os.environ["RANK"]) == 0
+    for stage in names:
+        out = recipe.stage_dir(stage)
+        if (out / "summary.json").is_file():
+            continue
+        start = time.perf_counter()
+        result = distributed.distributed_entry(train)(train_model.make_job(recipe, stage))
+        # Export and the stage folder are rank 0's alone, in a world of one (loading the trained
+        # NeMo checkpoint is a collective); the other ranks wait for its summary, as the next
+        # stage reads it. If rank 0 fails, torchrun stops them.
+        distributed.shutdown()
+        if rank0:
+            trained = (result, time.perf_counter() - start)
+            with distributed.single_process():
+                pipeline.run_stage(recipe, stage, lambda r, o, s=stage: train_model.run_stage(r, o, s, trained), out)
+        while not (out / "summary.json").is_file():
+            time.sleep(1)
+    return {"stages": names, "output": str(recipe.stage_dir(""))} if rank0 else None
+
+
+def cmd_export(args) -> dict:
+    """`minitron export`: BF16 or FP8 (Model Optimizer PTQ), as a unified HF or a TensorRT-LLM checkpoint."""
+    from deploy.export import ExportRequest, export
+
+    return export(ExportRequest(model=args.model, output=args.output, format=args.format, dtype=args.dtype,
+                                tp=args.tp, pp=args.pp, calib_samples=args.calib_samples,
+                                calib_seq_length=args.calib_seq_length, calib_batch_size=args.calib_batch_size,
+                                kv_cache_fp8=args.kv_cache_fp8, data=_export_data_config(args)))
+
+
+def _export_data_config(args):
+    """Calibration text: the recipe's `data` section with --config, else the default corpus."""
+    from minitron import config
+    from minitron.data import DataConfig
+    from minitron.recipe import Recipe
+
+    recipe_path = getattr(args, "config", None)
+    data = config.load(Recipe, recipe_path, args.overrides).data if recipe_path else DataConfig()
+    if args.data_source:
+        data.source = args.data_source
+    return data
+
+
+def cmd_build_engine(args) -> dict:
+    """`minitron build-engine`: (optionally export, then) trtllm-build; exit 3 where no GPU/TensorRT-LLM."""
+    from deploy.engine import EngineRequest, build_engine
+    from deploy.export import ExportRequest, export
+
+    exported = None
+    if args.model:
+        if Path(args.checkpoint).exists() and any(Path(args.checkpoint).iterdir()):
+            from minitron.errors import MinitronError
+
+            raise MinitronError(f"{args.checkpoint}: exists; drop --model to build from it, or pass a new --checkpoint")
+        exported = export(ExportRequest(model=args.model, output=args.checkpoint, format="trtllm", dtype=args.dtype,
+                                        tp=args.tp, pp=args.pp, calib_samples=args.calib_samples,
+                                        calib_seq_length=args.calib_seq_length, kv_cache_fp8=args.kv_cache_fp8,
+                                        data=_export_data_config(args)))
+        print(f"checkpoint written: {args.checkpoint}", file=sys.stderr)
+    output = args.output or str(Path(args.checkpoint).with_name(Path(args.checkpoint).name + "-engine"))
+    result = build_engine(EngineRequest(checkpoint=args.checkpoint, output=output, max_batch_size=args.max_batch_size,
+                                        max_input_len=args.max_input_len, max_seq_len=args.max_seq_len,
+                                        max_num_tokens=args.max_num_tokens, workers=args.workers))
+    return {**result, "export": exported} if exported else result
+
+
+def _add_export_args(e, engine: bool) -> None:
+    e.add_argument("--model", required=not engine, help="HF checkpoint folder, .gguf or embedded:<name>"
+                   + ("; exports to --checkpoint first" if engine else ""))
+    e.add_argument("--dtype", choices=["bf16", "fp8"], default="bf16", help="fp8: Model Optimizer FP8 PTQ")
+    e.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks (trtllm only)")
+    e.add_argument("--pp", type=int, default=1, help="pipeline-parallel ranks (trtllm only)")
+    e.add_argument("--calib-samples", type=int, default=64, help="FP8 calibration samples from the train split")
+    e.add_argument("--calib-seq-length", type=int, default=512, help="tokens per calibration sample")
+    e.add_argument("--kv-cache-fp8", action="store_true", help="also calibrate an FP8 KV cache")
+    e.add_argument("--data-source", default=None, help="calibration text (default: the recipe's or embedded corpus)")
 
 
 def _write_summary(out: Path, summary: dict) -> None:
@@ -192,6 +334,38 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("which", choices=["default"])
     m.set_defaults(func=cmd_model)
 
+    e = sub.add_parser("export", help="export BF16/FP8 as a unified HF or a TensorRT-LLM checkpoint")
+    _add_export_args(e, engine=False)
+    e.add_argument("--format", choices=["hf", "trtllm"], default="trtllm")
+    e.add_argument("--output", required=True, help="target folder (must not exist or be empty)")
+    e.add_argument("--calib-batch-size", type=int, default=4)
+    e.add_argument("--config", default=None, help="recipe YAML whose `data` section gives the calibration text")
+    e.add_argument("overrides", nargs="*", help="key=value recipe overrides (with --config)")
+    e.set_defaults(func=cmd_export)
+
+    b = sub.add_parser("build-engine", help="TensorRT engine with trtllm-build (TensorRT-LLM 1.2; GPU); "
+                                            "exit 3 when no GPU/TensorRT-LLM")
+    b.add_argument("--checkpoint", required=True, help="TensorRT-LLM checkpoint folder (written first with --model)")
+    _add_export_args(b, engine=True)
+    b.add_argument("--output", default=None, help="engine folder (default: <checkpoint>-engine)")
+    b.add_argument("--max-batch-size", type=int, default=8)
+    b.add_argument("--max-input-len", type=int, default=1024)
+    b.add_argument("--max-seq-len", type=int, default=2048)
+    b.add_argument("--max-num-tokens", type=int, default=None)
+    b.add_argument("--workers", type=int, default=1, help="parallel builds (one per rank on multi-GPU hosts)")
+    b.set_defaults(func=cmd_build_engine)
+
+    from deploy.serving import client as serving_client
+    from deploy.serving import server as serving_server
+
+    s = sub.add_parser("serve", help="serve a model: PyTriton (HTTP/gRPC) + OpenAI-compatible API")
+    serving_server.add_arguments(s)
+    s.set_defaults(func=cmd_serve)
+
+    q = sub.add_parser("query", help="send one request to a running `minitron serve`")
+    serving_client.add_arguments(q)
+    q.set_defaults(func=cmd_query)
+
     for name, func, text in (("run", cmd_run, "run a recipe end to end (stages cached)"),
                              ("config", cmd_config, "print a recipe's resolved config"),
                              ("distill", cmd_train_stage, "distil the recipe's pruned students "
@@ -205,6 +379,17 @@ def parser() -> argparse.ArgumentParser:
         else:
             r.add_argument("--explain", action="store_true", help="also print every key's documentation")
         r.set_defaults(func=func)
+
+    for name, text in (("eval", "measure every model of a recipe's run: perplexity, lm-eval tasks, speed"),
+                       ("report", "write report.md and plots for a recipe's run")):
+        e = sub.add_parser(name, help=text)
+        e.add_argument("--config", required=True, help="recipe YAML")
+        e.add_argument("overrides", nargs="*", help="key=value overrides, e.g. eval.lm_eval.limit=50")
+        e.add_argument("--output", help="output root (default: the recipe's output_root)")
+        if name == "eval":
+            e.add_argument("--model", action="append", metavar="NAME=HF_DIR",
+                           help="also evaluate this HF checkpoint (e.g. a quantized export); repeatable")
+        e.set_defaults(func=cmd_eval_report)
     return p
 
 
@@ -217,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
         result = args.func(args)
     except MinitronError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return getattr(e, "exit_code", 2)  # 3: build-engine had no GPU/TensorRT-LLM (checkpoint is fine)
     if result is not None and args.command != "model":
         print(json.dumps(result, indent=2, default=str))
     return 0

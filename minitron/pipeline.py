@@ -2,18 +2,25 @@
 
 A stage is complete when ``<output_root>/<name>/<stage>/summary.json`` exists; the stage
 folder is written to a temporary sibling and renamed, so a killed run never leaves a folder
-that looks complete, and a rerun resumes at the first unfinished stage.
+that looks complete, and a rerun resumes at the first unfinished stage. ``eval`` and ``report``
+are refreshed on every run instead (so new checkpoints join them); eval caches each
+measurement, so a refresh only measures what is new.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
 
 from minitron.errors import MinitronError
 from minitron.io import atomic_output_dir, write_json_atomic
 from minitron.recipe import Recipe
-from minitron.stages import import_model, prune_student, train_model, verify_conversion
+from minitron.stages import evaluate, import_model, prune_student, train_model, verify_conversion
+
+#: Stages rebuilt on every run (their inputs can grow), replacing the previous output atomically.
+REFRESHED = ("eval", "report")
 
 
 def planned_stages(recipe: Recipe) -> list[tuple[str, object]]:
@@ -26,11 +33,13 @@ def planned_stages(recipe: Recipe) -> list[tuple[str, object]]:
                              lambda r, out, s=student: prune_student.run(r, out, s)))
         elif stage == "distill":
             for name in recipe.distilled_students():
-                plan.append((f"distill-{name}", lambda r, out, n=name: train_model.run_distill(
-                    r, out, r.stage_dir(f"distill-{n}.work"), n)))
+                plan.append((f"distill-{name}", lambda r, out, n=name: train_model.run_stage(r, out, f"distill-{n}")))
         elif stage == "teacher_correction":
-            plan.append((stage, lambda r, out: train_model.run_teacher_correction(
-                r, out, r.stage_dir("teacher_correction.work"))))
+            plan.append((stage, lambda r, out: train_model.run_stage(r, out, "teacher_correction")))
+        elif stage == "eval":
+            plan.append((stage, lambda r, out: evaluate.run(r, out, r.stage_dir("eval.work"))))
+        elif stage == "report":
+            plan.append((stage, _write_report))
         else:
             plan.append((stage, {"import": import_model.run, "verify": verify_conversion.run}[stage]))
     return plan
@@ -67,27 +76,56 @@ def read_summary(recipe: Recipe, stage: str) -> dict:
     return json.loads(path.read_text())
 
 
+def _write_report(recipe: Recipe, out) -> dict:
+    from minitron.evaluation import report
+
+    return report.write(recipe, out)
+
+
 def run(recipe: Recipe) -> dict:
     preflight(recipe)
     results = {}
     for stage, runner in planned_stages(recipe):
         out = recipe.stage_dir(stage)
+        if stage in REFRESHED:
+            results[stage] = _refresh(recipe, stage, runner, out)
+            continue
         if (out / "summary.json").is_file():
             print(f"[{stage}] done already: {out}")
             results[stage] = read_summary(recipe, stage)
             continue
         if out.exists():  # an earlier attempt died before finishing: its folder is incomplete
             raise MinitronError(f"{out}: incomplete output of an earlier run; remove it to redo stage {stage!r}")
-        print(f"[{stage}] running -> {out}")
-        start = time.perf_counter()
-        with atomic_output_dir(out) as tmp:
-            summary = runner(recipe, tmp)
-            summary = _retarget(summary, str(tmp), str(out))
-            summary["stage_seconds"] = round(time.perf_counter() - start, 2)
-            write_json_atomic(tmp / "summary.json", summary)
-        results[stage] = summary
-        print(f"[{stage}] finished in {summary['stage_seconds']} s")
+        results[stage] = run_stage(recipe, stage, runner, out)
     return results
+
+
+def run_stage(recipe: Recipe, stage: str, runner, out) -> dict:
+    print(f"[{stage}] running -> {out}")
+    start = time.perf_counter()
+    with atomic_output_dir(out) as tmp:
+        summary = runner(recipe, tmp)
+        summary = _retarget(summary, str(tmp), str(out))
+        summary["stage_seconds"] = round(time.perf_counter() - start, 2)
+        write_json_atomic(tmp / "summary.json", summary)
+    print(f"[{stage}] finished in {summary['stage_seconds']} s")
+    return summary
+
+
+def _refresh(recipe: Recipe, stage: str, runner, out) -> dict:
+    """Rebuild a stage folder; the previous one stays in place until the new one is complete."""
+    if not out.exists():
+        return run_stage(recipe, stage, runner, out)
+    old = out.with_name(f".{out.name}.previous-{os.getpid()}")
+    os.rename(out, old)
+    try:
+        summary = run_stage(recipe, stage, runner, out)
+    except BaseException:
+        if not out.exists():
+            os.rename(old, out)
+        raise
+    shutil.rmtree(old)
+    return summary
 
 
 def _retarget(obj, old: str, new: str):

@@ -14,10 +14,12 @@ from typing import Optional
 from conversion.verify import SAMPLE_TEXT
 from minitron.config import at_least_one, doc
 from minitron.data.config import DataConfig
+from minitron.evaluation.config import EvalConfig
 from minitron.pruning.config import PruneConfig
 
 #: `prune` and `distill` run one stage per student: `prune-<student>`, `distill-<student>`.
-STAGES = ("import", "verify", "teacher_correction", "prune", "distill")
+#: `eval` measures every model of the run; `report` is rewritten on every run (it is cheap).
+STAGES = ("import", "verify", "teacher_correction", "prune", "distill", "eval", "report")
 
 
 @dataclass
@@ -73,6 +75,7 @@ class Recipe:
         None, "fine-tune the teacher on the distillation data first; when the stage is listed, its output is "
               "the teacher of prune and distill")
     distill: Optional[TrainingStageConfig] = doc(None, "knowledge distillation of the pruned students")
+    eval: EvalConfig = doc(EvalConfig, "evaluation of every model of the run: perplexity, lm-eval tasks, speed")
 
     def check(self) -> list[str]:
         unknown = [s for s in self.stages if s not in STAGES]

@@ -202,12 +202,39 @@ def test_disk_full_during_save_keeps_earlier_checkpoints(models, tmp_path, monke
     assert (tmp_path / "run/checkpoints/step_00000006").is_dir()
 
 
-def test_distill_command_refuses_external_torchrun(tmp_path):
+@pytest.mark.torchrun
+def test_distill_under_external_torchrun_equals_nproc_launch(tiny_hf, tmp_path):
+    """`torchrun -m minitron.cli distill` (how multi-node runs) trains exactly like `minitron distill nproc=2`."""
+    import shutil
+    import subprocess
+    import sys
+
     from conftest import run_minitron
 
-    proc = run_minitron("distill", "--config", str(REPO / "recipes/smollm2-135m_minitron_cpu.yaml"),
-                        env_extra={"WORLD_SIZE": "2"})
-    assert proc.returncode == 2 and "train-job" in proc.stderr
+    train_yaml = tmp_path / "train.yaml"
+    train_yaml.write_text("# Run: (test)\nsteps: 3\nmicro_batch_size: 1\nglobal_batch_size: 4\nwarmup_steps: 1\n"
+                          "lr: 1.0e-3\neval_interval: 3\nsave_interval: 3\neval_samples: 4\nprecision: fp32\n")
+    recipe = write_tiny_recipe(tmp_path, tiny_hf, "[import, prune, distill]", "[{name: depth, num_layers: 2}]",
+                               f"distill: {{config: {train_yaml}}}\n")
+    first = run_minitron("run", "--config", str(recipe), "--output", str(tmp_path / "a"), "stages=[import, prune]")
+    assert first.returncode == 0, first.stderr[-2000:]
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                "-m", "minitron.cli", "distill", "--config", str(recipe), "--output", str(tmp_path / "a")]
+    refused = subprocess.run(torchrun + ["nproc=2"], capture_output=True, text=True, cwd=REPO)
+    assert refused.returncode != 0 and "leave it out" in refused.stderr
+    external = subprocess.run(torchrun, capture_output=True, text=True, cwd=REPO)
+    assert external.returncode == 0, external.stderr[-3000:]
+    internal = run_minitron("distill", "--config", str(recipe), "--output", str(tmp_path / "b"), "nproc=2")
+    assert internal.returncode == 0, internal.stderr[-3000:]
+
+    def losses(root):
+        return [json.loads(line)["loss"] for line in (root / "tiny/distill-depth/metrics.jsonl").read_text().splitlines()]
+
+    assert len(losses(tmp_path / "a")) == 3 and losses(tmp_path / "a") == losses(tmp_path / "b")
+    summary = json.loads((tmp_path / "a/tiny/distill-depth/summary.json").read_text())
+    assert summary["steps"] == 3 and (tmp_path / "a/tiny/distill-depth/hf/config.json").is_file()
 
 
 def test_recipe_with_teacher_correction_and_distillation(tiny_hf, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
@@ -62,6 +63,18 @@ def initialize(tensor_parallel_size: int = 1, pipeline_parallel_size: int = 1, s
         pipeline_model_parallel_size=pipeline_parallel_size,
     )
     tensor_parallel.model_parallel_cuda_manual_seed(seed)
+
+
+@contextlib.contextmanager
+def single_process():
+    """Run the block as a world of one although launched by torchrun (rank 0's own work after a job)."""
+    names = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK")
+    saved = {k: os.environ.pop(k) for k in names if k in os.environ}
+    try:
+        yield
+    finally:
+        shutdown()
+        os.environ.update(saved)
 
 
 def shutdown():

@@ -40,24 +40,44 @@ def load_train_config(stage: TrainingStageConfig) -> TrainConfig:
     return config.load(TrainConfig, path, stage.overrides)
 
 
-def run_training(recipe: Recipe, out: Path, work: Path, stage: TrainingStageConfig, student: Path,
-                 teacher: Path | None) -> dict:
-    from minitron.training.loop import TrainJob, train
+def make_job(recipe: Recipe, stage_name: str):
+    """The training job of stage `teacher_correction` or `distill-<student>` (same on every rank)."""
+    from minitron.pipeline import read_summary
+    from minitron.training.loop import TrainJob
 
+    if stage_name == "teacher_correction":
+        stage, student, teacher = recipe.teacher_correction, import_model.outputs(recipe)["nemo"], None
+    else:
+        stage = recipe.distill
+        student, teacher = Path(read_summary(recipe, f"prune-{stage_name[len('distill-'):]}")["nemo"]), \
+            teacher_nemo(recipe)
     cfg = load_train_config(stage)
     par = recipe.parallel
-    job = TrainJob(student=str(student), teacher=str(teacher) if teacher else None, output=str(work),
-                   data=dataclasses.asdict(recipe.data), train=dataclasses.asdict(cfg),
-                   tensor_parallel=par.tensor_parallel, pipeline_parallel=par.pipeline_parallel)
+    return TrainJob(student=str(student), teacher=str(teacher) if teacher else None,
+                    output=str(recipe.stage_dir(f"{stage_name}.work")), data=dataclasses.asdict(recipe.data),
+                    train=dataclasses.asdict(cfg), tensor_parallel=par.tensor_parallel,
+                    pipeline_parallel=par.pipeline_parallel)
+
+
+def run_training(recipe: Recipe, out: Path, stage_name: str, trained: tuple[dict, float] | None = None) -> dict:
+    """Train (or take the result of ranks that trained under an external torchrun), then export."""
+    from minitron.training.loop import train
+
+    job = make_job(recipe, stage_name)
+    work, teacher = Path(job.output), job.teacher
     work.mkdir(parents=True, exist_ok=True)
+    par = recipe.parallel
     nproc = par.tensor_parallel * par.pipeline_parallel * par.data_parallel
     start = time.perf_counter()
-    if nproc == 1:
+    if trained is not None:
+        result, seconds = trained
+    elif nproc == 1:
         result = train(job)
     else:
         job.save(work / "job.json")
         result = run_cli(nproc, ["train-job", str(work / "job.json")])
-    seconds = time.perf_counter() - start
+    if trained is None:
+        seconds = time.perf_counter() - start
     for name in ("nemo", "metrics.jsonl", "tensorboard"):
         if (work / name).exists():
             shutil.move(str(work / name), str(out / name))
@@ -96,15 +116,13 @@ def _plot(metrics: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def run_teacher_correction(recipe: Recipe, out: Path, work: Path) -> dict:
-    return run_training(recipe, out, work, recipe.teacher_correction, import_model.outputs(recipe)["nemo"], None)
-
-
-def run_distill(recipe: Recipe, out: Path, work: Path, student: str) -> dict:
+def run_stage(recipe: Recipe, out: Path, stage_name: str, trained: tuple[dict, float] | None = None) -> dict:
+    """Stage `teacher_correction` or `distill-<student>`."""
     from minitron.pipeline import read_summary
 
-    pruned = Path(read_summary(recipe, f"prune-{student}")["nemo"])
-    summary = run_training(recipe, out, work, recipe.distill, pruned, teacher_nemo(recipe))
-    summary["student"] = student
-    summary["pruned_validation_loss"] = read_summary(recipe, f"prune-{student}")["validation_loss"]
+    summary = run_training(recipe, out, stage_name, trained)
+    if stage_name.startswith("distill-"):
+        student = stage_name[len("distill-"):]
+        summary["student"] = student
+        summary["pruned_validation_loss"] = read_summary(recipe, f"prune-{student}")["validation_loss"]
     return summary

@@ -1,0 +1,1 @@
+"""Serving: a PyTriton model with PyTorch / TensorRT-LLM backends and an OpenAI-compatible facade."""

@@ -1,0 +1,124 @@
+"""One interface for every generation backend the server can run.
+
+A backend turns a tokenized prompt and `SamplingParams` into an async stream of `Chunk`s (new token ids,
+the new text, and on the last chunk the finish reason). The PyTriton model (`triton_model.py`) only talks
+to this interface, so the PyTorch and the TensorRT-LLM backends serve the same Triton model and the same
+OpenAI facade.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import AsyncIterator, Protocol
+
+from minitron.errors import MinitronError
+
+BACKENDS = ("pytorch", "tensorrt_llm")
+
+
+@dataclasses.dataclass
+class SamplingParams:
+    """Per-request sampling. temperature 0 means greedy (top_p/top_k/seed are then ignored)."""
+
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0: the whole vocabulary
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+@dataclasses.dataclass
+class Chunk:
+    """What a backend produced since the previous chunk of the same request."""
+
+    token_ids: list[int]
+    text: str
+    finish_reason: str | None = None  # "stop" (EOS or a stop string) or "length" (max_tokens)
+
+
+class Backend(Protocol):
+    name: str
+    context_length: int
+
+    def encode(self, prompt: str | None = None, messages: list[dict] | None = None) -> list[int]:
+        """Token ids of a plain prompt, or of chat messages with the model's chat template applied."""
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def stream(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[Chunk]:
+        """Generate for one request; chunks arrive on the caller's running event loop."""
+
+    def close(self) -> None: ...
+
+
+class TextStream:
+    """Incremental detokenization with stop strings, shared by backends that sample token by token.
+
+    Text is decoded from all generated ids each time (a byte-level BPE token can be half a UTF-8
+    character, so decoding token by token would emit garbage). Text that could still turn into a stop
+    string, or that ends in an incomplete character, is held back until it is safe to send.
+    """
+
+    def __init__(self, tokenizer, stop: tuple[str, ...]):
+        self.tokenizer = tokenizer
+        self.stop = tuple(s for s in stop if s)
+        self.ids: list[int] = []
+        self.sent = 0  # characters of text already emitted
+
+    def push(self, token_id: int, last: bool) -> tuple[str, bool]:
+        """Add a token; return (new text safe to send, hit a stop string)."""
+        self.ids.append(token_id)
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        cut = self._stop_at(text)
+        if cut is not None:
+            return self._emit(text[:cut]), True
+        if last:
+            return self._emit(text), False
+        safe = len(text) - self._held_back(text)
+        return self._emit(text[:safe]), False
+
+    def _emit(self, text: str) -> str:
+        new = text[self.sent:]
+        self.sent = max(self.sent, len(text))
+        return new
+
+    def _stop_at(self, text: str) -> int | None:
+        # Only the unsent tail (plus room for a stop string straddling it) can hold a new match.
+        start = max(0, self.sent - max((len(s) for s in self.stop), default=0))
+        hits = [i for i in (text.find(s, start) for s in self.stop) if i >= 0]
+        return min(hits) if hits else None
+
+    def _held_back(self, text: str) -> int:
+        # An incomplete UTF-8 character decodes to U+FFFD until its other bytes arrive.
+        longest = len(text) - len(text.rstrip("\ufffd"))
+        for s in self.stop:
+            for n in range(min(len(s) - 1, len(text)), 0, -1):
+                if text.endswith(s[:n]):
+                    longest = max(longest, n)
+                    break
+        return longest
+
+
+def context_length(model_dir: Path) -> int:
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    return int(config.get("max_position_embeddings") or 2048)
+
+
+def load_backend(kind: str, model_dir: Path, name: str, **options) -> Backend:
+    """Build a backend; GPU-only backends fail with a one-line MinitronError where they cannot run."""
+    if kind == "pytorch":
+        from deploy.serving.torch_backend import TorchBackend
+
+        return TorchBackend(model_dir, name, **options)
+    if kind == "tensorrt_llm":
+        from deploy.serving.trtllm_backend import TensorRTLLMBackend
+
+        return TensorRTLLMBackend(model_dir, name, **options)
+    raise MinitronError(f"--backend {kind!r}: unknown backend; choose one of {', '.join(BACKENDS)}")

@@ -1,0 +1,104 @@
+"""TensorRT-LLM backend (GPU only), written against the TensorRT-LLM 1.2 LLM API.
+
+* A built engine folder (``rank0.engine`` + ``config.json`` with ``build_config``) runs on the TensorRT
+  runtime: ``tensorrt_llm._tensorrt_engine.LLM``. Engine folders carry no tokenizer, so ``tokenizer_dir``
+  (default: the served model's HF folder given with ``--tokenizer``) must name one.
+* An HF checkpoint folder runs on TensorRT-LLM's default (PyTorch) backend: ``tensorrt_llm.LLM``.
+
+TensorRT-LLM schedules requests itself (in-flight batching, paged KV cache), so every request is simply
+handed to ``LLM.generate_async(..., streaming=True)``; stop strings and detokenization are its own.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from deploy.serving.backend import Chunk, SamplingParams
+from minitron.errors import MinitronError
+
+
+def is_engine_dir(path: Path) -> bool:
+    config = Path(path) / "config.json"
+    return any(Path(path).glob("rank*.engine")) or (
+        config.is_file() and "build_config" in json.loads(config.read_text()))
+
+
+def _context_length(path: Path) -> int:
+    config = json.loads((Path(path) / "config.json").read_text())
+    build = config.get("build_config") or {}
+    pretrained = config.get("pretrained_config") or config
+    return int(build.get("max_seq_len") or pretrained.get("max_position_embeddings") or 2048)
+
+
+def _require_runtime():
+    import torch
+
+    if not torch.cuda.is_available():
+        raise MinitronError("--backend tensorrt_llm needs an NVIDIA GPU and none is visible; "
+                            "use --backend pytorch on this machine")
+    try:
+        import tensorrt_llm  # noqa: F401  (imported lazily: it is a large, GPU-only install)
+    except ImportError as e:
+        raise MinitronError("--backend tensorrt_llm needs the tensorrt_llm package (1.2): "
+                            f"pip install tensorrt_llm==1.2.* on the GPU machine ({e})") from None
+
+
+class TensorRTLLMBackend:
+    def __init__(self, model_dir: Path, name: str, tokenizer_dir: Path | None = None, max_batch_size: int = 64,
+                 **_ignored):
+        _require_runtime()
+        from transformers import AutoTokenizer
+
+        self.name = name
+        model_dir = Path(model_dir)
+        engine = is_engine_dir(model_dir)
+        tokenizer_dir = Path(tokenizer_dir or model_dir)
+        if engine and not (tokenizer_dir / "tokenizer_config.json").is_file():
+            raise MinitronError(f"{model_dir} is a TensorRT-LLM engine without a tokenizer; pass --tokenizer "
+                                "<HF checkpoint folder the engine was built from>")
+        if engine:
+            from tensorrt_llm._tensorrt_engine import LLM
+        else:
+            from tensorrt_llm import LLM
+        self.context_length = _context_length(model_dir)
+        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=False)
+        kwargs = {} if engine else {"max_batch_size": max_batch_size}  # an engine's batch size is baked in
+        self.llm = LLM(model=str(model_dir), tokenizer=str(tokenizer_dir), trust_remote_code=False, **kwargs)
+
+    def encode(self, prompt: str | None = None, messages: list[dict] | None = None) -> list[int]:
+        if messages is not None:
+            if not getattr(self.tokenizer, "chat_template", None):
+                raise MinitronError(f"model {self.name!r} has no chat template; use /v1/completions")
+            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self.tokenizer(prompt)["input_ids"]
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _sampling_params(self, params: SamplingParams):
+        from tensorrt_llm import SamplingParams as TllmSamplingParams
+
+        if params.greedy:  # TensorRT-LLM decodes greedily with top_k=1 and no top_p
+            sampling = dict(top_k=1, top_p=None, temperature=None)
+        else:
+            sampling = dict(top_k=params.top_k or None, top_p=params.top_p, temperature=params.temperature)
+        return TllmSamplingParams(max_tokens=params.max_tokens, seed=params.seed, stop=list(params.stop) or None,
+                                  **sampling)
+
+    async def stream(self, prompt_ids: list[int], params: SamplingParams):
+        result = self.llm.generate_async(list(prompt_ids), sampling_params=self._sampling_params(params),
+                                         streaming=True)
+        try:
+            async for output in result:
+                completion = output.outputs[0]
+                finish = (completion.finish_reason or "stop") if output.finished else None
+                yield Chunk(list(completion.token_ids_diff), completion.text_diff,
+                            "length" if finish == "length" else finish and "stop")
+        finally:
+            if not result.finished:
+                result.abort()  # the consumer went away: free the sequence's KV cache blocks
+
+    def close(self) -> None:
+        self.llm.shutdown()

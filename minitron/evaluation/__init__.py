@@ -1,0 +1,1 @@
+"""Evaluation: held-out perplexity, lm-evaluation-harness tasks, throughput."""

@@ -1,0 +1,293 @@
+"""The run report: ``report.md`` with one table per question, and the PNG plots it links.
+
+Everything comes from what the stages wrote (``summary.json``, ``metrics.jsonl``, pruning
+``report.json``, ``eval/results.json``); a number that was not measured is shown as "—"
+with the reason in a note, never filled in.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from minitron.recipe import Recipe
+
+DASH = "—"
+
+
+def collect(recipe: Recipe) -> dict:
+    """Every stage summary of the run that exists, by stage folder name."""
+    root = recipe.stage_dir("")
+    found = {}
+    for summary in sorted(root.glob("*/summary.json")):
+        if not summary.parent.name.startswith("."):
+            found[summary.parent.name] = {**json.loads(summary.read_text()), "_dir": str(summary.parent)}
+    return found
+
+
+def write(recipe: Recipe, out: Path) -> dict:
+    stages = collect(recipe)
+    results = stages.get("eval", {}).get("models", {})
+    plots = [p for p in (_plot_losses(stages, out), _plot_importance(stages, out),
+                         _plot_tradeoff(results, out), _plot_width_vs_depth(results, out)) if p]
+    text = "\n".join(_markdown(recipe, stages, results, plots)) + "\n"
+    (out / "report.md").write_text(text)
+    return {"report": str(out / "report.md"), "plots": [str(out / p) for p in plots],
+            "table": main_table(results)}
+
+
+# ---- tables -----------------------------------------------------------------------------------
+def _fmt(value, digits: int = 2) -> str:
+    if value is None:
+        return DASH
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:.{digits}f}"
+
+
+def task_scores(result: dict) -> dict[str, str]:
+    """task -> 'value' or the skip reason, from the lm-eval part of one model's results."""
+    scores = {}
+    for task, r in (result.get("lm_eval") or {}).items():
+        if "skipped" in r:
+            scores[task] = f"skipped ({r['skipped']})"
+        else:
+            scores[task] = f"{r['value']:.3f}"
+    return scores
+
+
+def _row_speed(result: dict) -> dict:
+    rows = (result.get("throughput") or {}).get("by_batch_size") or []
+    return rows[-1] if rows else {}
+
+
+def main_table(results: dict) -> list[dict]:
+    """One row per model: size, quality and speed (largest batch size measured)."""
+    table = []
+    for name, r in results.items():
+        speed = _row_speed(r)
+        ppl = r.get("perplexity") or {}
+        table.append({"model": name, "params_M": round(r["params"] / 1e6, 1),
+                      "non_embedding_params_M": round(r["non_embedding_params"] / 1e6, 1),
+                      "perplexity": ppl.get("perplexity"), **{f"lm_eval:{t}": v for t, v in task_scores(r).items()},
+                      "prefill_tok_s": speed.get("prefill_tokens_per_s"),
+                      "decode_tok_s": speed.get("decode_tokens_per_s"),
+                      "decode_speedup": speed.get("decode_speedup"),
+                      "prefill_speedup": speed.get("prefill_speedup"),
+                      "ideal_flops_ratio": (r.get("throughput") or {}).get("ideal_flops_ratio"),
+                      "batch_size": speed.get("batch_size")})
+    return table
+
+
+def _markdown_table(header: list[str], rows: list[list]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def _summary_table(results: dict) -> list[str]:
+    tasks = list(dict.fromkeys(t for r in results.values() for t in (r.get("lm_eval") or {})))
+    metric = {t: next((r["lm_eval"][t].get("metric", "") for r in results.values()
+                       if t in (r.get("lm_eval") or {}) and "skipped" not in r["lm_eval"][t]), "") for t in tasks}
+    header = ["model", "params (M)", "non-emb (M)", "perplexity"] + [f"{t} {metric[t]}".strip() for t in tasks] + \
+             ["prefill tok/s", "decode tok/s", "speedup (prefill / decode)", "ideal FLOP ratio"]
+    rows = []
+    for row, r in zip(main_table(results), results.values()):
+        scores = task_scores(r)
+        rows.append([f"**{row['model']}**", _fmt(row["params_M"], 1), _fmt(row["non_embedding_params_M"], 1),
+                     _fmt(row["perplexity"]), *[scores.get(t, DASH) for t in tasks],
+                     _fmt(row["prefill_tok_s"], 1), _fmt(row["decode_tok_s"], 1),
+                     f"{_fmt(row['prefill_speedup'])}× / {_fmt(row['decode_speedup'])}×"
+                     if row["decode_speedup"] else DASH, _fmt(row["ideal_flops_ratio"])])
+    return _markdown_table(header, rows)
+
+
+def _speed_table(results: dict) -> list[str]:
+    header = ["model", "batch", "prefill tok/s", "decode tok/s", "latency (s)", "ms / output token",
+              "decode speedup", "weights (MiB)", "KV cache (MiB)"]
+    rows = []
+    for name, r in results.items():
+        t = r.get("throughput")
+        if not t:
+            continue
+        for row in t["by_batch_size"]:
+            rows.append([name, row["batch_size"], _fmt(row["prefill_tokens_per_s"], 1),
+                         _fmt(row["decode_tokens_per_s"], 1), _fmt(row["latency_s"], 3),
+                         _fmt(row["ms_per_output_token"], 1), f"{_fmt(row.get('decode_speedup'))}×",
+                         _fmt(t["memory"]["weights_mib"], 1), _fmt(t["memory"]["kv_cache_mib"], 2)])
+    return _markdown_table(header, rows) if rows else ["(throughput not measured)"]
+
+
+def _training_table(stages: dict) -> list[str]:
+    rows = []
+    for name, s in stages.items():
+        if not (name == "teacher_correction" or name.startswith("distill-")):
+            continue
+        val = s.get("validation") or {}
+        rows.append([name, s["steps"], _fmt(s["tokens"]), _fmt(s.get("seconds_this_run"), 0),
+                     _fmt(s.get("tokens_per_second"), 0), _fmt(s.get("pruned_validation_loss"), 4),
+                     _fmt(val.get("lm_loss"), 4), _fmt(s.get("teacher_validation_loss"), 4),
+                     _fmt(val.get("kd_loss"), 4)])
+    header = ["stage", "steps", "tokens", "wall (s)", "tok/s", "val loss before", "val loss after",
+              "teacher val loss", "val KD loss"]
+    return _markdown_table(header, rows) if rows else ["(no training stage in this run)"]
+
+
+def _pruning_table(stages: dict) -> list[str]:
+    rows = []
+    for name, s in stages.items():
+        report_file = Path(s["_dir"]) / "report.json"
+        if not name.startswith("prune-") or not report_file.is_file():
+            continue
+        r = json.loads(report_file.read_text())
+        p, loss = r["parameters"], r["validation_loss"]
+        rows.append([name, _fmt(p["teacher_total"]), _fmt(p["student_total"]),
+                     f"{100 * p['non_embedding_fraction_kept']:.1f}%", _fmt(loss["teacher"], 4),
+                     _fmt(loss["student"], 4), ", ".join(map(str, r["layers_dropped"])) or DASH])
+    header = ["student", "teacher params", "student params", "non-emb kept", "teacher val loss",
+              "pruned val loss", "layers dropped"]
+    return _markdown_table(header, rows) if rows else ["(no pruning stage in this run)"]
+
+
+def _markdown(recipe: Recipe, stages: dict, results: dict, plots: list[str]) -> list[str]:
+    ev = stages.get("eval", {})
+    lines = [f"# Minitron run `{recipe.name}`", "",
+             f"Teacher: `{recipe.model.source}`. Written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} "
+             f"from `{recipe.stage_dir('')}`.", "", "## Models", ""]
+    if results:
+        lines += _summary_table(results)
+        lines += ["", f"Perplexity: {_fmt(ev.get('perplexity_tokens'))} tokens of {ev.get('perplexity_text')}, "
+                  "strided windows (see `minitron/evaluation/perplexity.py`). Tasks: lm-evaluation-harness, "
+                  "accuracy. Speed: PyTorch, largest batch measured; the ideal FLOP ratio is the speedup "
+                  "that forward FLOPs per token alone predict.", "", "## Speed", ""]
+        lines += _speed_table(results)
+    else:
+        lines += ["(no eval stage output yet: add `eval` to the recipe's stages or run `make eval`)"]
+    lines += ["", "## Pruning", ""] + _pruning_table(stages)
+    lines += ["", "## Training", ""] + _training_table(stages)
+    lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
+    return lines
+
+
+# ---- plots ------------------------------------------------------------------------------------
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _plot_losses(stages: dict, out: Path) -> str | None:
+    curves = {}
+    for name, s in stages.items():
+        metrics = Path(s["_dir"]) / "metrics.jsonl"
+        if (name == "teacher_correction" or name.startswith("distill-")) and metrics.is_file():
+            last = {m["step"]: m for m in map(json.loads, metrics.read_text().splitlines())}
+            curves[name] = [last[k] for k in sorted(last)]
+    if not curves:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    for name, rows in curves.items():
+        line, = ax.plot([m["step"] for m in rows], [m["loss"] for m in rows], label=f"{name} train", alpha=0.8)
+        val = [(m["step"], m["val_lm_loss"]) for m in rows if "val_lm_loss" in m]
+        if val:
+            ax.plot(*zip(*val), "o--", color=line.get_color(), label=f"{name} val LM loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title("Teacher correction and distillation")
+    ax.legend(fontsize=8)
+    return _save(plt, fig, out / "loss_curves.png")
+
+
+def _plot_importance(stages: dict, out: Path) -> str | None:
+    reports = {}
+    for name, s in stages.items():
+        if name.startswith("prune-") and (Path(s["_dir"]) / "report.json").is_file():
+            reports[name] = json.loads((Path(s["_dir"]) / "report.json").read_text())
+    if not reports:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(reports), 1, figsize=(9, 2.6 * len(reports)), squeeze=False)
+    for ax, (name, r) in zip(axes[:, 0], reports.items()):
+        scores = {int(k): v for k, v in r["layer_scores"].items()}
+        dropped = set(r["layers_dropped"])
+        ax.bar(sorted(scores), [scores[k] for k in sorted(scores)],
+               color=["tab:red" if k in dropped else "tab:blue" for k in sorted(scores)])
+        ax.set_title(f"{name}: layer importance (red = dropped)", fontsize=10)
+        ax.set_ylabel("1 - cos(in, out)")
+    axes[-1, 0].set_xlabel("layer (1-indexed)")
+    return _save(plt, fig, out / "layer_importance.png")
+
+
+def _plot_tradeoff(results: dict, out: Path) -> str | None:
+    points = {n: r for n, r in results.items() if r.get("perplexity")}
+    if not points:
+        return None
+    plt = _pyplot()
+    has_speed = any(r.get("throughput") for r in points.values())
+    fig, axes = plt.subplots(1, 2 if has_speed else 1, figsize=(12 if has_speed else 6, 4.4), squeeze=False)
+    ax = axes[0, 0]
+    for name, r in points.items():
+        x, y = r["params"] / 1e6, r["perplexity"]["perplexity"]
+        ax.scatter(x, y)
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel("parameters (M)")
+    ax.set_ylabel("held-out perplexity")
+    ax.set_yscale("log")
+    ax.set_title("Size vs quality")
+    if has_speed:
+        ax = axes[0, 1]
+        for name, r in points.items():
+            if r.get("throughput"):
+                row = _row_speed(r)
+                ax.scatter(row["decode_tokens_per_s"], r["perplexity"]["perplexity"], s=r["params"] / 1e6)
+                ax.annotate(name, (row["decode_tokens_per_s"], r["perplexity"]["perplexity"]),
+                            textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.set_xlabel(f"decode tokens/s (batch {_row_speed(next(iter(points.values()))).get('batch_size')})")
+        ax.set_ylabel("held-out perplexity")
+        ax.set_yscale("log")
+        ax.set_title("Speed vs quality (marker area ~ params)")
+    return _save(plt, fig, out / "params_quality_speed.png")
+
+
+def _plot_width_vs_depth(results: dict, out: Path) -> str | None:
+    students = sorted({n.rsplit("-", 1)[0] for n in results if n.endswith(("-pruned", "-distilled"))})
+    if not students or "teacher" not in results:
+        return None
+    plt = _pyplot()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    width = 0.35
+    for i, kind in enumerate(("pruned", "distilled")):
+        vals = [(results.get(f"{s}-{kind}") or {}).get("perplexity", {}).get("perplexity", float("nan"))
+                for s in students]
+        ax1.bar([k + (i - 0.5) * width for k in range(len(students))], vals, width, label=kind)
+    teacher_ppl = (results["teacher"].get("perplexity") or {}).get("perplexity")
+    if teacher_ppl:
+        ax1.axhline(teacher_ppl, color="k", linestyle="--", label="teacher")
+    ax1.set_xticks(range(len(students)), students)
+    ax1.set_yscale("log")
+    ax1.set_ylabel("held-out perplexity")
+    ax1.set_title("Quality")
+    ax1.legend()
+    speed = [_row_speed(results.get(f"{s}-distilled") or results.get(f"{s}-pruned") or {}) for s in students]
+    ax2.bar(range(len(students)), [r.get("prefill_speedup", float("nan")) for r in speed], width,
+            label="prefill")
+    ax2.bar([k + width for k in range(len(students))], [r.get("decode_speedup", float("nan")) for r in speed],
+            width, label="decode")
+    ax2.axhline(1.0, color="k", linestyle="--")
+    ax2.set_xticks([k + width / 2 for k in range(len(students))], students)
+    ax2.set_ylabel("speedup vs teacher")
+    ax2.set_title("Speed")
+    ax2.legend()
+    return _save(plt, fig, out / "width_vs_depth.png")
+
+
+def _save(plt, fig, path: Path) -> str:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name

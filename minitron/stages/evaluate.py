@@ -1,0 +1,172 @@
+"""Stage `eval`: every model of the run measured the same way, side by side.
+
+Models are the exported HF checkpoints the earlier stages left: ``teacher`` (import),
+``teacher-corrected``, ``<student>-pruned`` and ``<student>-distilled``, whichever exist.
+For each: parameters, held-out perplexity (minitron/evaluation/perplexity.py), and
+lm-evaluation-harness tasks; then one throughput run over all of them, in turns.
+
+The stage is refreshed on every run (new checkpoints join the table), but each measurement
+is cached in ``eval.work/`` under a key of the checkpoint (path, size, mtime) and the
+settings, so a rerun re-measures only what changed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+from minitron.errors import MinitronError
+from minitron.io import write_json_atomic
+from minitron.recipe import Recipe
+
+
+def run_models(recipe: Recipe) -> dict[str, Path]:
+    """name -> HF checkpoint folder of every model the run has produced so far."""
+    stages = {"teacher": "import", "teacher-corrected": "teacher_correction"}
+    stages.update({f"{s.name}-pruned": f"prune-{s.name}" for s in recipe.prune.students})
+    stages.update({f"{s}-distilled": f"distill-{s}" for s in recipe.distilled_students()})
+    models = {}
+    for name, stage in stages.items():
+        summary = recipe.stage_dir(stage) / "summary.json"
+        if summary.is_file():
+            models[name] = Path(json.loads(summary.read_text())["hf"])
+    wanted = recipe.eval.models
+    unknown = [m for m in wanted if m not in stages]
+    if unknown:
+        raise MinitronError(f"eval.models: unknown model(s) {unknown}; this recipe has {list(stages)}")
+    if wanted:
+        missing = [m for m in wanted if m not in models]
+        if missing:
+            raise MinitronError(f"eval.models: {missing} not produced yet; run their stages first")
+        models = {m: models[m] for m in wanted}
+    for spec in recipe.eval.extra_models:
+        name, _, path = spec.partition("=")
+        if not name or not (Path(path) / "config.json").is_file():
+            raise MinitronError(f"eval.extra_models: {spec!r} must be NAME=HF_DIR with a config.json in HF_DIR")
+        models[name] = Path(path)
+    if not models:
+        raise MinitronError(f"run {recipe.name!r} has no model yet under {recipe.stage_dir('')}; "
+                            "run the import stage first (minitron run --config ...)")
+    return models
+
+
+def run(recipe: Recipe, out: Path, work: Path) -> dict:
+    models = run_models(recipe)
+    cfg = recipe.eval
+    tokenizer_dir = next(iter(models.values()))
+    tokens = _eval_tokens(recipe, tokenizer_dir)
+    results = {}
+    for name, hf_dir in models.items():
+        print(f"[eval] {name}: {hf_dir}")
+        results[name] = {"hf": str(hf_dir), **_model_facts(hf_dir)}
+        if "perplexity" not in cfg.skip:
+            results[name]["perplexity"] = _cached(work, "perplexity", hf_dir, _settings(recipe, "perplexity"),
+                                                  lambda h=hf_dir: _perplexity(recipe, h, tokens))
+        if "lm_eval" not in cfg.skip:
+            results[name]["lm_eval"] = _cached(work, "lm_eval", hf_dir, _settings(recipe, "lm_eval"),
+                                               lambda h=hf_dir: _lm_eval(recipe, h))
+    if "throughput" not in cfg.skip:
+        speed = _throughput(recipe, models, tokens, work)
+        for name in models:
+            results[name]["throughput"] = speed[name]
+    write_json_atomic(out / "results.json", results)
+    return {"models": results, "perplexity_tokens": len(tokens),
+            "perplexity_text": cfg.perplexity.file or f"{recipe.data.source} [{cfg.perplexity.split}]"}
+
+
+def _model_facts(hf_dir: Path) -> dict:
+    from minitron.runtime.llama import LlamaArch
+
+    from minitron.pruning.report import parameter_breakdown
+
+    arch = LlamaArch.from_hf_dir(hf_dir)
+    parts = parameter_breakdown(arch)
+    return {"params": sum(parts.values()), "non_embedding_params": sum(parts.values()) - parts["embedding"]
+            - parts["output_layer"], "layers": arch.num_layers, "hidden_size": arch.hidden_size,
+            "ffn_hidden_size": arch.ffn_hidden_size, "attention_heads": arch.num_attention_heads}
+
+
+def _eval_tokens(recipe: Recipe, tokenizer_dir: Path):
+    from minitron.evaluation.perplexity import file_tokens, split_tokens
+
+    ppl = recipe.eval.perplexity
+    if ppl.file:
+        return file_tokens(ppl.file, tokenizer_dir, ppl.max_tokens, recipe.data.text_key)
+    return split_tokens(recipe.data, tokenizer_dir, ppl.split, ppl.max_tokens)
+
+
+def _perplexity(recipe: Recipe, hf_dir: Path, tokens) -> dict:
+    from minitron.evaluation.perplexity import load_causal_lm, perplexity
+
+    ppl = recipe.eval.perplexity
+    model = load_causal_lm(hf_dir, recipe.eval.dtype)
+    window = ppl.window or recipe.data.seq_length
+    return perplexity(model, tokens, window, ppl.stride, ppl.batch_size).to_dict()
+
+
+#: The headline metric of a task in the report (the Minitron paper's choice for the standard ones).
+MAIN_METRIC = {"hellaswag": "acc_norm", "arc_challenge": "acc_norm", "arc_easy": "acc_norm",
+               "pydocs_wikitext": "word_perplexity"}
+
+
+def _lm_eval(recipe: Recipe, hf_dir: Path) -> dict:
+    from minitron.evaluation.lm_eval_tasks import run_lm_eval
+
+    c = recipe.eval.lm_eval
+    raw = run_lm_eval(hf_dir, c.tasks, limit=c.limit, batch_size=c.batch_size, num_fewshot=c.num_fewshot,
+                      dtype=c.dtype, seed=recipe.data.seed)
+    results = {}
+    for task, r in raw.items():
+        if "skipped" in r:
+            results[task] = r
+            continue
+        metric = next(m for m in (MAIN_METRIC.get(task), "acc", *r["metrics"]) if m in r["metrics"])
+        results[task] = {"metric": metric, **r["metrics"][metric], **r}
+    return results
+
+
+def _throughput(recipe: Recipe, models: dict[str, Path], tokens, work: Path) -> dict:
+    """Measure once per distinct architecture (pruned and distilled twins share one), all in turns."""
+    from minitron.evaluation import throughput as tp
+    from minitron.evaluation.perplexity import load_causal_lm
+
+    cfg = recipe.eval.throughput
+    shapes = {}
+    for name, hf_dir in models.items():
+        shapes.setdefault(json.dumps(_model_facts(hf_dir), sort_keys=True), []).append(name)
+    measured = {names[0]: models[names[0]] for names in shapes.values()}
+    key = {"models": {n: _checkpoint_key(p) for n, p in measured.items()}, **dataclasses.asdict(cfg)}
+
+    def measure():
+        loaded = {n: load_causal_lm(p, cfg.dtype) for n, p in measured.items()}
+        settings = tp.ThroughputConfig(batch_sizes=cfg.batch_sizes, prompt_tokens=cfg.prompt_tokens,
+                                       new_tokens=cfg.new_tokens, repeats=cfg.repeats, dtype=cfg.dtype)
+        results = tp.measure(loaded, tokens, settings)
+        return tp.with_speedups(results, "teacher" if "teacher" in results else next(iter(results)))
+
+    results = _cached(work, "throughput", None, key, measure)
+    return {name: {**results[names[0]], "measured_as": names[0]} for names in shapes.values() for name in names}
+
+
+def _settings(recipe: Recipe, what: str) -> dict:
+    section = dataclasses.asdict(getattr(recipe.eval, what))
+    return {**section, "dtype_eval": recipe.eval.dtype, "data": dataclasses.asdict(recipe.data)}
+
+
+def _checkpoint_key(hf_dir: Path) -> list:
+    return sorted((p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in Path(hf_dir).glob("*.safetensors"))
+
+
+def _cached(work: Path, what: str, hf_dir: Path | None, settings: dict, compute):
+    """Reuse a measurement when the checkpoint and the settings are unchanged."""
+    key = {"what": what, "settings": settings,
+           **({"hf": str(hf_dir), "checkpoint": _checkpoint_key(hf_dir)} if hf_dir else {})}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    path = work / f"{what}-{digest}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    value = compute()
+    write_json_atomic(path, value)
+    return value
