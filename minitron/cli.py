@@ -126,10 +126,11 @@ def cmd_eval_report(args) -> dict:
     recipe = config.load(Recipe, args.config, args.overrides)
     if args.output:
         recipe.output_root = str(Path(args.output))
-    for spec in args.model or []:
+    extra = getattr(args, "model", None) or []  # `report` has no --model
+    for spec in extra:
         if "=" not in spec:
             raise MinitronError(f"--model {spec!r}: give NAME=HF_DIR, e.g. --model fp8=runs/export/fp8-hf")
-    recipe.eval.extra_models += args.model or []
+    recipe.eval.extra_models += extra
     recipe.stages = ["eval"] if args.command == "eval" else ["report"]
     return _compact(pipeline.run(recipe))
 

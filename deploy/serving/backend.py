@@ -58,6 +58,25 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
+class HFTokenizerMixin:
+    """`encode` / `count_tokens` of the Backend interface for backends holding an HF tokenizer."""
+
+    name: str
+    tokenizer: object
+
+    def encode(self, prompt: str | None = None, messages: list[dict] | None = None) -> list[int]:
+        if messages is not None:
+            if not getattr(self.tokenizer, "chat_template", None):
+                raise MinitronError(f"model {self.name!r} has no chat template; use /v1/completions")
+            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            # The template already holds the special tokens; do not let the tokenizer add a second BOS.
+            return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self.tokenizer(prompt)["input_ids"]
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
 class TextStream:
     """Incremental detokenization with stop strings, shared by backends that sample token by token.
 

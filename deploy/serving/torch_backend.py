@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from deploy.serving.backend import Chunk, SamplingParams, TextStream, context_length
+from deploy.serving.backend import Chunk, HFTokenizerMixin, SamplingParams, TextStream, context_length
 from minitron.errors import MinitronError
 
 
@@ -68,7 +68,7 @@ def _merge(a: _Batch, b: _Batch) -> _Batch:
                   torch.cat([a.positions, b.positions]), torch.cat([a.next_ids, b.next_ids]))
 
 
-class TorchBackend:
+class TorchBackend(HFTokenizerMixin):
     def __init__(self, model_dir: Path, name: str, device: str | None = None, dtype: str | None = None,
                  max_batch_size: int = 32, batch_wait_ms: float = 10.0):
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -106,18 +106,6 @@ class TorchBackend:
         return ids
 
     # ---- the Backend interface -------------------------------------------------------------------------
-    def encode(self, prompt: str | None = None, messages: list[dict] | None = None) -> list[int]:
-        if messages is not None:
-            if not getattr(self.tokenizer, "chat_template", None):
-                raise MinitronError(f"model {self.name!r} has no chat template; use /v1/completions")
-            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-            # The template already holds the special tokens; do not let the tokenizer add a second BOS.
-            return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return self.tokenizer(prompt)["input_ids"]
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
     async def stream(self, prompt_ids: list[int], params: SamplingParams):
         loop = asyncio.get_running_loop()
         chunks: asyncio.Queue = asyncio.Queue()

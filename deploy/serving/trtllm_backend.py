@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from deploy.serving.backend import Chunk, SamplingParams
+from deploy.serving.backend import Chunk, HFTokenizerMixin, SamplingParams
 from minitron.errors import MinitronError
 
 
@@ -44,7 +44,7 @@ def _require_runtime():
                             f"pip install tensorrt_llm==1.2.* on the GPU machine ({e})") from None
 
 
-class TensorRTLLMBackend:
+class TensorRTLLMBackend(HFTokenizerMixin):
     def __init__(self, model_dir: Path, name: str, tokenizer_dir: Path | None = None, max_batch_size: int = 64,
                  **_ignored):
         _require_runtime()
@@ -65,17 +65,6 @@ class TensorRTLLMBackend:
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=False)
         kwargs = {} if engine else {"max_batch_size": max_batch_size}  # an engine's batch size is baked in
         self.llm = LLM(model=str(model_dir), tokenizer=str(tokenizer_dir), trust_remote_code=False, **kwargs)
-
-    def encode(self, prompt: str | None = None, messages: list[dict] | None = None) -> list[int]:
-        if messages is not None:
-            if not getattr(self.tokenizer, "chat_template", None):
-                raise MinitronError(f"model {self.name!r} has no chat template; use /v1/completions")
-            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-            return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return self.tokenizer(prompt)["input_ids"]
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def _sampling_params(self, params: SamplingParams):
         from tensorrt_llm import SamplingParams as TllmSamplingParams

@@ -47,14 +47,14 @@ def _fmt(value, digits: int = 2) -> str:
 
 
 def task_scores(result: dict) -> dict[str, str]:
-    """task -> 'value' or the skip reason, from the lm-eval part of one model's results."""
-    scores = {}
-    for task, r in (result.get("lm_eval") or {}).items():
-        if "skipped" in r:
-            scores[task] = f"skipped ({r['skipped']})"
-        else:
-            scores[task] = f"{r['value']:.3f}"
-    return scores
+    """task -> 'value' (or 'skipped', reasons listed under the table), from one model's lm-eval results."""
+    return {task: "skipped" if "skipped" in r else f"{r['value']:.3f}"
+            for task, r in (result.get("lm_eval") or {}).items()}
+
+
+def skip_reasons(results: dict) -> dict[str, str]:
+    return {task: r["skipped"] for res in results.values() for task, r in (res.get("lm_eval") or {}).items()
+            if "skipped" in r}
 
 
 def _row_speed(result: dict) -> dict:
@@ -160,7 +160,9 @@ def _markdown(recipe: Recipe, stages: dict, results: dict, plots: list[str]) -> 
         lines += ["", f"Perplexity: {_fmt(ev.get('perplexity_tokens'))} tokens of {ev.get('perplexity_text')}, "
                   "strided windows (see `minitron/evaluation/perplexity.py`). Tasks: lm-evaluation-harness, "
                   "accuracy. Speed: PyTorch, largest batch measured; the ideal FLOP ratio is the speedup "
-                  "that forward FLOPs per token alone predict.", "", "## Speed", ""]
+                  "that forward FLOPs per token alone predict.", ""]
+        lines += [f"* `{task}` skipped: {reason}" for task, reason in skip_reasons(results).items()]
+        lines += ["", "## Speed", ""]
         lines += _speed_table(results)
     else:
         lines += ["(no eval stage output yet: add `eval` to the recipe's stages or run `make eval`)"]

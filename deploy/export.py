@@ -1,0 +1,232 @@
+"""Export a Llama HF checkpoint as BF16 or FP8: a unified HF checkpoint or a TensorRT-LLM checkpoint.
+
+Both writers are Model Optimizer's (``export_hf_checkpoint``, ``export_tensorrt_llm_checkpoint``);
+this module adds what a deployable folder also needs and checks the result:
+
+* inputs are checked first (Llama only, weights agree with config.json, TP/PP divide the shape,
+  output folder absent or empty), so a bad request fails in one line before any work;
+* everything is written into a temporary folder renamed into place on success
+  (``minitron.io.atomic_output_dir``), so a failure leaves nothing behind;
+* the TensorRT-LLM config gets ``rotary_base`` / ``rotary_scaling`` from the HF config: Model
+  Optimizer 0.43 fills them from ``config.rope_theta`` / ``rope_scaling``, which transformers 5
+  moved into ``rope_parameters``, so without this a Llama 3.1 engine would silently use RoPE
+  base 10000 and no llama3 scaling;
+* tied embeddings (SmolLM2): Model Optimizer writes ``lm_head`` explicitly (a copy of the
+  embedding), which the last pipeline stage needs anyway since it holds no embedding;
+* every TensorRT-LLM checkpoint is validated against TensorRT-LLM 1.2's Llama definition
+  (``deploy.trtllm_format``); every HF export is re-read (names, dtypes, FP8 scales).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from minitron.errors import MinitronError
+
+FORMATS = ("hf", "trtllm")
+DTYPES = ("bf16", "fp8")
+
+
+@dataclass
+class ExportRequest:
+    model: str
+    output: str
+    format: str = "trtllm"
+    dtype: str = "bf16"
+    tp: int = 1
+    pp: int = 1
+    calib_samples: int = 64
+    calib_seq_length: int = 512
+    calib_batch_size: int = 4
+    kv_cache_fp8: bool = False
+    data: object = field(default=None)  # minitron.data.DataConfig; None = the default corpus
+
+
+def export(req: ExportRequest) -> dict:
+    """Run one export; returns the summary that is also written to <output>/export.json."""
+    from minitron.io import atomic_output_dir, check_output_dir
+    from minitron.models import resolve_hf_source
+
+    _check_request(req)
+    check_output_dir(Path(req.output))
+    hf_dir = resolve_hf_source(req.model)
+    model, arch = _load_checked(hf_dir, req)
+    summary = {"source": str(hf_dir), "format": req.format, "dtype": req.dtype, "tp": req.tp, "pp": req.pp}
+    if req.dtype == "fp8":
+        summary["quantization"] = _calibrate(model, hf_dir, req)
+    with atomic_output_dir(req.output) as tmp:
+        if req.format == "hf":
+            summary["checkpoint"] = _write_hf(model, hf_dir, tmp)
+        else:
+            summary["checkpoint"] = _write_trtllm(model, hf_dir, tmp, req, arch)
+        summary["modelopt_version"] = _modelopt_version()
+        (tmp / "export.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    summary["output"] = str(req.output)
+    return summary
+
+
+def _check_request(req: ExportRequest) -> None:
+    if req.format not in FORMATS:
+        raise MinitronError(f"--format {req.format!r}: use one of {list(FORMATS)}")
+    if req.dtype not in DTYPES:
+        raise MinitronError(f"--dtype {req.dtype!r}: use one of {list(DTYPES)}")
+    if req.tp < 1 or req.pp < 1:
+        raise MinitronError(f"--tp {req.tp} --pp {req.pp}: both must be >= 1")
+    if req.format == "hf" and (req.tp, req.pp) != (1, 1):
+        raise MinitronError("--tp/--pp apply to --format trtllm only (a HF checkpoint is not sharded by rank)")
+    if req.kv_cache_fp8 and req.dtype != "fp8":
+        raise MinitronError("--kv-cache-fp8 needs --dtype fp8")
+
+
+def _load_checked(hf_dir: Path, req: ExportRequest):
+    """Refuse a layout the model cannot be split into (from config.json alone), then load it."""
+    from deploy.quantize import load_llama
+    from minitron.runtime.llama import LlamaArch
+
+    arch = LlamaArch.from_hf_dir(hf_dir)
+    problems = [f"{name} {value} is not divisible by --tp {req.tp}" for name, value in
+                (("num_attention_heads", arch.num_attention_heads), ("num_key_value_heads", arch.num_query_groups),
+                 ("intermediate_size", arch.ffn_hidden_size)) if value % req.tp]
+    if arch.num_layers % req.pp:
+        problems.append(f"num_hidden_layers {arch.num_layers} is not divisible by --pp {req.pp}")
+    if problems:
+        raise MinitronError(f"{hf_dir}: " + "; ".join(problems))
+    return load_llama(hf_dir, torch.bfloat16)
+
+
+def _calibrate(model, hf_dir: Path, req: ExportRequest) -> dict:
+    from deploy.quantize import calibration_tokens, quantize_fp8
+    from minitron.data import DataConfig
+
+    data_cfg = req.data or DataConfig()
+    tokens = calibration_tokens(hf_dir, data_cfg, req.calib_samples, req.calib_seq_length)
+    with _quiet_modelopt():
+        result = quantize_fp8(model, tokens, req.calib_batch_size, req.kv_cache_fp8)
+    return {**result, "data_source": data_cfg.source, "split": "train"}
+
+
+@contextlib.contextmanager
+def _quiet_modelopt():
+    """Model Optimizer prints progress to stdout and warns when tensorrt_llm is absent (expected
+    here: it then builds the config itself). Keep stdout clean for the CLI's JSON summary."""
+    with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"(?s).*(tensorrt_llm|Trying the manual approach).*")
+        warnings.filterwarnings("ignore", module=r"modelopt.*")
+        yield
+
+
+# ---- unified HF checkpoint ---------------------------------------------------------------------
+def _write_hf(model, hf_dir: Path, out: Path) -> dict:
+    from modelopt.torch.export import export_hf_checkpoint
+
+    from conversion.hf_checkpoint import copy_sidecars
+
+    with _quiet_modelopt():
+        export_hf_checkpoint(model, dtype=torch.bfloat16, export_dir=out)
+    copy_sidecars(hf_dir, out)  # tokenizer and chat template: the folder must serve on its own
+    return check_hf_export(out)
+
+
+def check_hf_export(out: Path) -> dict:
+    """Re-read an exported HF folder: Llama config, BF16 tensors, and for FP8 the quantization
+    config plus a positive float32 weight_scale/input_scale beside every FP8 weight."""
+    from conversion.hf_checkpoint import SafetensorsReader
+    from minitron.runtime.llama import LlamaArch
+
+    cfg = json.loads((out / "config.json").read_text())
+    LlamaArch.from_hf_config({k: v for k, v in cfg.items() if k != "quantization_config"}, str(out / "config.json"))
+    reader = SafetensorsReader(out)
+    fp8 = [n for n, (_, _, d) in reader.meta.items() if d == torch.float8_e4m3fn]
+    quant = cfg.get("quantization_config")
+    if fp8 and (not quant or quant.get("quant_algo") != "FP8"):
+        raise MinitronError(f"{out}: FP8 weights without an FP8 quantization_config in config.json")
+    scales = {n for n in reader.meta if n.endswith("_scale")}  # weight/input, and k/v with an FP8 KV cache
+    for name in fp8:
+        missing = {name.replace(".weight", f".{s}") for s in ("weight_scale", "input_scale")} - scales
+        if missing:
+            raise MinitronError(f"{out}: FP8 weight {name} without its {sorted(missing)[0]}")
+    for name in sorted(scales):
+        _check_scale(reader, name, out)
+    other = {str(d) for n, (_, _, d) in reader.meta.items() if n not in fp8 and not n.endswith("_scale")}
+    if other != {"torch.bfloat16"}:
+        raise MinitronError(f"{out}: unquantized tensors must be bfloat16, found {sorted(other)}")
+    return {"tensors": len(reader.meta), "fp8_weights": len(fp8),
+            "quant_algo": quant.get("quant_algo") if quant else None,
+            "kv_cache_quant_algo": _hf_kv_algo(out)}
+
+
+def _check_scale(reader, name: str, out: Path) -> None:
+    from safetensors import safe_open
+
+    path, _, dtype = reader.meta[name]
+    with safe_open(path, framework="pt") as f:
+        value = f.get_tensor(name)
+    if dtype != torch.float32 or not bool((value > 0).all()) or not bool(torch.isfinite(value).all()):
+        raise MinitronError(f"{out}: {name} must be a finite positive float32 scale, got {value.tolist()} {dtype}")
+
+
+def _hf_kv_algo(out: Path):
+    path = out / "hf_quant_config.json"
+    if not path.exists():
+        return None
+    return json.loads(path.read_text()).get("quantization", {}).get("kv_cache_quant_algo")
+
+
+# ---- TensorRT-LLM checkpoint -------------------------------------------------------------------
+def _write_trtllm(model, hf_dir: Path, out: Path, req: ExportRequest, arch) -> dict:
+    from modelopt.torch.export import export_tensorrt_llm_checkpoint
+
+    from conversion.hf_checkpoint import copy_sidecars
+    from deploy.trtllm_format import validate_checkpoint
+
+    with _quiet_modelopt():
+        export_tensorrt_llm_checkpoint(model, "llama", torch.bfloat16, out, inference_tensor_parallel=req.tp,
+                                       inference_pipeline_parallel=req.pp)
+    cfg = json.loads((out / "config.json").read_text())
+    _complete_config(cfg, json.loads((hf_dir / "config.json").read_text()))
+    (out / "config.json").write_text(json.dumps(cfg, indent=4) + "\n")
+    if cfg["quantization"].get("quant_algo") != "MIXED_PRECISION":
+        (out / "quant_cfg.json").unlink(missing_ok=True)  # only read for mixed precision
+    _check_against_hf(cfg, arch, out)
+    copy_sidecars(hf_dir, out)  # the tokenizer travels with the checkpoint (trtllm-build ignores it)
+    return validate_checkpoint(out)
+
+
+def _complete_config(cfg: dict, hf_cfg: dict) -> None:
+    """Set the RoPE fields from the HF config (see the module docstring for why)."""
+    rope = dict(hf_cfg.get("rope_parameters") or hf_cfg.get("rope_scaling") or {})
+    cfg["rotary_base"] = float(rope.get("rope_theta", hf_cfg.get("rope_theta", 10000.0)))
+    kind = rope.get("rope_type", rope.get("type", "default"))
+    if kind in (None, "default"):
+        cfg["rotary_scaling"] = None
+    else:  # TensorRT-LLM reads the kind from "type" (or "rope_type"); keep both.
+        cfg["rotary_scaling"] = {**{k: v for k, v in rope.items() if k != "rope_theta"}, "type": kind,
+                                 "rope_type": kind}
+    cfg["tie_word_embeddings"] = bool(hf_cfg.get("tie_word_embeddings", False))
+    # Model Optimizer leaves the rank of the last file it wrote in the shared config; the rank of
+    # a process comes from the mapping at load time, so drop the misleading field.
+    cfg.pop("rank", None)
+
+
+def _check_against_hf(cfg: dict, arch, out: Path) -> None:
+    """The exported config must describe the same model as the HF source."""
+    pairs = {"num_hidden_layers": arch.num_layers, "hidden_size": arch.hidden_size,
+             "num_attention_heads": arch.num_attention_heads, "num_key_value_heads": arch.num_query_groups,
+             "head_size": arch.head_dim, "intermediate_size": arch.ffn_hidden_size, "vocab_size": arch.vocab_size}
+    wrong = {k: (cfg.get(k), v) for k, v in pairs.items() if cfg.get(k) != v}
+    if wrong:
+        raise MinitronError(f"{out}/config.json disagrees with the HF source on {wrong} (exported, expected)")
+
+
+def _modelopt_version() -> str:
+    from importlib.metadata import version
+
+    return version("nvidia-modelopt")
+

@@ -1,0 +1,261 @@
+"""Export (BF16/FP8, unified HF and TensorRT-LLM checkpoints) and build-engine on tiny Llamas.
+
+Model Optimizer really quantizes and exports here; the TensorRT-LLM checkpoints are checked
+against TensorRT-LLM 1.2's Llama format (deploy.trtllm_format) and recombined into HF tensors.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from conftest import run_minitron, write_corpus
+from deploy.export import ExportRequest, export
+from deploy.trtllm_format import merge_to_hf, validate_checkpoint
+from minitron.data import DataConfig
+from minitron.errors import MinitronError
+
+FP8_MAX = 448.0  # largest float8_e4m3fn value
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("calib")
+    return DataConfig(source=str(write_corpus(root / "corpus.txt")), seq_length=32, cache_dir=str(root / "cache"))
+
+
+def _export(src, out, data, **kw) -> dict:
+    kw.setdefault("calib_samples", 8)
+    kw.setdefault("calib_seq_length", 32)
+    return export(ExportRequest(model=str(src), output=str(out), data=data, **kw))
+
+
+def _hf_tensors(src) -> dict[str, torch.Tensor]:
+    return {k: v.to(torch.bfloat16) for k, v in load_file(src / "model.safetensors").items()}
+
+
+# ---- TensorRT-LLM, BF16: exact ----------------------------------------------------------------
+@pytest.mark.parametrize("tp,pp", [(1, 1), (2, 1), (1, 2), (2, 2)])
+def test_trtllm_bf16_recombines_exactly(tiny_hf, data, tmp_path, tp, pp):
+    out = tmp_path / "ckpt"
+    summary = _export(tiny_hf, out, data, format="trtllm", dtype="bf16", tp=tp, pp=pp)
+    assert summary["checkpoint"]["tensors_per_rank"] == validate_checkpoint(out)["tensors_per_rank"]
+    assert sorted(p.name for p in out.glob("rank*.safetensors")) == [f"rank{r}.safetensors" for r in range(tp * pp)]
+    cfg = json.loads((out / "config.json").read_text())
+    # head_size != hidden/heads (64/8 = 8): only an explicit head_size gives the right shapes.
+    assert (cfg["head_size"], cfg["hidden_size"], cfg["num_attention_heads"]) == (24, 64, 8)
+    assert cfg["mapping"] == {"world_size": tp * pp, "tp_size": tp, "pp_size": pp}
+    assert cfg["rotary_base"] == 500000.0
+    assert cfg["rotary_scaling"]["type"] == "llama3" and cfg["rotary_scaling"]["factor"] == 8.0
+    assert cfg["rotary_scaling"]["original_max_position_embeddings"] == 8192
+    assert cfg["quantization"]["quant_algo"] is None and "rank" not in cfg
+    ref, got = _hf_tensors(tiny_hf), merge_to_hf(out)
+    assert set(got) == set(ref)
+    for name, tensor in ref.items():
+        assert torch.equal(got[name], tensor), name
+
+
+def test_trtllm_naming_fc_is_gate_proj(tiny_hf, data, tmp_path):
+    """fc = HF gate_proj, gate = HF up_proj, qkv = [q; k; v] rows (TP=1, no interleaving)."""
+    out = tmp_path / "ckpt"
+    _export(tiny_hf, out, data, format="trtllm", dtype="bf16")
+    ref = _hf_tensors(tiny_hf)
+    with safe_open(out / "rank0.safetensors", framework="pt") as f:
+        fc, gate = (f.get_tensor(f"transformer.layers.2.mlp.{n}.weight") for n in ("fc", "gate"))
+        assert torch.equal(fc, ref["model.layers.2.mlp.gate_proj.weight"])
+        assert torch.equal(gate, ref["model.layers.2.mlp.up_proj.weight"])
+        qkv = torch.cat([ref[f"model.layers.2.self_attn.{p}_proj.weight"] for p in "qkv"])
+        assert torch.equal(f.get_tensor("transformer.layers.2.attention.qkv.weight"), qkv)
+        assert f.get_slice("transformer.layers.2.attention.qkv.weight").get_shape() == [(8 + 2 * 4) * 24, 64]
+
+
+def test_trtllm_tied_embeddings_pp2(tiny_hf_tied, data, tmp_path):
+    """SmolLM2-style tied embeddings: the last pipeline stage still gets an lm_head (= embedding)."""
+    out = tmp_path / "ckpt"
+    _export(tiny_hf_tied, out, data, format="trtllm", dtype="bf16", tp=2, pp=2)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["rotary_scaling"] is None and cfg["rotary_base"] == 10000.0 and cfg["tie_word_embeddings"]
+    got = merge_to_hf(out)
+    assert torch.equal(got.pop("lm_head.weight"), got["model.embed_tokens.weight"])
+    ref = _hf_tensors(tiny_hf_tied)
+    assert set(got) == set(ref) and all(torch.equal(got[k], v) for k, v in ref.items())
+
+
+# ---- TensorRT-LLM, FP8 ------------------------------------------------------------------------
+def test_trtllm_fp8_scales(tiny_hf, data, tmp_path):
+    out = tmp_path / "ckpt"
+    summary = _export(tiny_hf, out, data, format="trtllm", dtype="fp8", tp=2, kv_cache_fp8=True)
+    assert summary["quantization"]["calibration_samples"] == 8 and summary["quantization"]["split"] == "train"
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["quantization"]["quant_algo"] == "FP8" and cfg["quantization"]["kv_cache_quant_algo"] == "FP8"
+    assert "lm_head" in cfg["quantization"]["exclude_modules"]
+    assert validate_checkpoint(out)["min_scaling_factor"] > 0
+    ref = _hf_tensors(tiny_hf)
+    with safe_open(out / "rank1.safetensors", framework="pt") as f:
+        w = f.get_tensor("transformer.layers.1.mlp.proj.weight")
+        scale = f.get_tensor("transformer.layers.1.mlp.proj.weights_scaling_factor")
+        assert w.dtype == torch.float8_e4m3fn and scale.dtype == torch.float32 and float(scale) > 0
+        assert f.get_tensor("transformer.layers.1.attention.qkv.activation_scaling_factor").item() > 0
+        assert f.get_tensor("transformer.layers.1.attention.kv_cache_scaling_factor").item() > 0
+        assert f.get_tensor("lm_head.weight").dtype == torch.bfloat16
+    # rank 1 holds the second half of down_proj's input columns; dequantized it is the HF weight
+    # up to FP8 rounding (3 mantissa bits: relative error <= 1/16 per element, far less on average).
+    original = ref["model.layers.1.mlp.down_proj.weight"][:, 48:].float()
+    dequant = w.float() * scale
+    assert float(scale) == pytest.approx(float(ref["model.layers.1.mlp.down_proj.weight"].abs().max()) / FP8_MAX,
+                                         rel=1e-2)
+    assert ((dequant - original).abs() <= original.abs() / 16 + 1e-6).all()
+
+
+# ---- unified HF checkpoints -------------------------------------------------------------------
+def test_hf_bf16_loads_and_matches(tiny_hf, data, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "hf"
+    _export(tiny_hf, out, data, format="hf", dtype="bf16")
+    assert (out / "tokenizer.json").exists() and (out / "export.json").exists()
+    exported = AutoModelForCausalLM.from_pretrained(out, dtype=torch.bfloat16).eval()
+    source = AutoModelForCausalLM.from_pretrained(tiny_hf, dtype=torch.bfloat16).eval()
+    ref = source.state_dict()
+    for name, tensor in exported.state_dict().items():
+        assert torch.equal(tensor, ref[name]), name
+    ids = torch.randint(0, 256, (2, 17), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(exported(ids).logits, source(ids).logits)
+
+
+def test_hf_fp8_quant_config_and_scales(tiny_hf_tied, data, tmp_path):
+    out = tmp_path / "hf"
+    summary = _export(tiny_hf_tied, out, data, format="hf", dtype="fp8", kv_cache_fp8=True)
+    assert summary["checkpoint"]["fp8_weights"] == 4 * 7 and summary["checkpoint"]["kv_cache_quant_algo"] == "FP8"
+    cfg = json.loads((out / "config.json").read_text())
+    quant = cfg["quantization_config"]
+    assert quant["quant_algo"] == "FP8" and quant["quant_method"] == "modelopt"
+    assert "lm_head" in quant["ignore"]
+    tensors = load_file(out / "model.safetensors")
+    ref = _hf_tensors(tiny_hf_tied)
+    for i in range(4):
+        w = tensors[f"model.layers.{i}.self_attn.o_proj.weight"]
+        scale = tensors[f"model.layers.{i}.self_attn.o_proj.weight_scale"]
+        assert w.dtype == torch.float8_e4m3fn and scale.item() > 0
+        assert tensors[f"model.layers.{i}.self_attn.o_proj.input_scale"].item() > 0
+        original = ref[f"model.layers.{i}.self_attn.o_proj.weight"].float()
+        assert ((w.float() * scale - original).abs() <= original.abs() / 16 + 1e-6).all()
+    assert tensors["model.embed_tokens.weight"].dtype == torch.bfloat16
+
+
+# ---- bad inputs: one line, nothing written ----------------------------------------------------
+def _edit_config(src, dst, **changes):
+    shutil.copytree(src, dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    cfg.update(changes)
+    (dst / "config.json").write_text(json.dumps(cfg))
+    return dst
+
+
+@pytest.mark.parametrize("case", ["not_llama", "shape_mismatch", "tp_not_divisible", "pp_not_divisible",
+                                  "hf_with_tp"])
+def test_bad_inputs_write_nothing(tiny_hf, data, tmp_path, case):
+    src, kw = tiny_hf, {"format": "trtllm", "dtype": "fp8"}
+    if case == "not_llama":
+        src = _edit_config(tiny_hf, tmp_path / "src", model_type="mistral", architectures=["MistralForCausalLM"])
+    elif case == "shape_mismatch":
+        src = _edit_config(tiny_hf, tmp_path / "src", intermediate_size=128)
+    elif case == "tp_not_divisible":
+        kw["tp"] = 3
+    elif case == "pp_not_divisible":
+        kw["pp"] = 3
+    else:
+        kw.update(format="hf", tp=2)
+    out = tmp_path / "out"
+    with pytest.raises(MinitronError) as err:
+        _export(src, out, data, **kw)
+    assert "\n" not in str(err.value)
+    assert not out.exists() and not list(tmp_path.glob(".out.partial-*"))
+
+
+def test_non_empty_output_is_refused_and_kept(tiny_hf, data, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(MinitronError, match="not empty"):
+        _export(tiny_hf, out, data, format="hf", dtype="bf16")
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_failure_after_writing_leaves_nothing(tiny_hf, data, tmp_path, monkeypatch):
+    """A late failure (here: the HF cross-check) removes the half-written folder."""
+    import deploy.export as export_module
+
+    def reject(cfg, arch, out):
+        raise MinitronError(f"{out}: injected failure")
+
+    monkeypatch.setattr(export_module, "_check_against_hf", reject)
+    with pytest.raises(MinitronError, match="injected"):
+        _export(tiny_hf, tmp_path / "out", data, format="trtllm", dtype="bf16", tp=2)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_validator_rejects_checkpoint_that_contradicts_config(tiny_hf, data, tmp_path):
+    out = tmp_path / "ckpt"
+    _export(tiny_hf, out, data, format="trtllm", dtype="bf16", tp=2)
+    cfg = json.loads((out / "config.json").read_text())
+    for key, value, message in (("head_size", 8, "does not match its config"),
+                                ("num_hidden_layers", 6, "lacks transformer.layers.4"),
+                                ("architecture", "MistralForCausalLM", "not supported")):
+        (out / "config.json").write_text(json.dumps({**cfg, key: value}))
+        with pytest.raises(MinitronError, match=message):
+            validate_checkpoint(out)
+    (out / "config.json").write_text(json.dumps(cfg))
+    (out / "rank1.safetensors").unlink()
+    with pytest.raises(MinitronError, match="rank1.safetensors: missing"):
+        validate_checkpoint(out)
+
+
+# ---- CLI and build-engine ---------------------------------------------------------------------
+def test_cli_build_engine_without_gpu_writes_checkpoint_then_stops(tiny_hf, tmp_path):
+    from deploy.engine import unavailable_reason
+
+    if unavailable_reason() is None:
+        pytest.skip("TensorRT-LLM 1.2 and a GPU are here: see the gpu test")
+    corpus = write_corpus(tmp_path / "corpus.txt")
+    ckpt = tmp_path / "ckpt"
+    result = run_minitron("build-engine", "--model", str(tiny_hf), "--dtype", "fp8", "--checkpoint", str(ckpt),
+                          "--calib-samples", "4", "--calib-seq-length", "16", "--max-seq-len", "64",
+                          "--max-input-len", "32", "--data-source", str(corpus),
+                          env_extra={"MINITRON_CACHE": str(tmp_path / "cache")})
+    assert result.returncode == 3, result.stderr
+    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "engine not built" in lines[0] and "Traceback" not in result.stderr
+    assert validate_checkpoint(ckpt)["quant_algo"] == "FP8"
+    assert not (tmp_path / "ckpt-engine").exists()
+
+
+def test_cli_export_prints_summary(tiny_hf, tmp_path):
+    corpus = write_corpus(tmp_path / "corpus.txt")
+    out = tmp_path / "hf"
+    result = run_minitron("export", "--model", str(tiny_hf), "--format", "hf", "--dtype", "fp8", "--output", str(out),
+                          "--calib-samples", "4", "--calib-seq-length", "16", "--data-source", str(corpus),
+                          env_extra={"MINITRON_CACHE": str(tmp_path / "cache")})
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["checkpoint"]["quant_algo"] == "FP8" and summary["quantization"]["calibration_samples"] == 4
+
+
+@pytest.mark.gpu
+def test_build_engine_on_gpu(tiny_hf, data, tmp_path):
+    from deploy.engine import EngineRequest, build_engine, unavailable_reason
+
+    if unavailable_reason():
+        pytest.skip(unavailable_reason())
+    for dtype in ("bf16", "fp8"):
+        ckpt = tmp_path / f"ckpt-{dtype}"
+        _export(tiny_hf, ckpt, data, format="trtllm", dtype=dtype)
+        result = build_engine(EngineRequest(str(ckpt), str(tmp_path / f"engine-{dtype}"), max_batch_size=2,
+                                            max_input_len=32, max_seq_len=64))
+        assert list((tmp_path / f"engine-{dtype}").glob("rank0.engine")), result
