@@ -148,7 +148,8 @@ def load_causal_lm(hf_dir: str | Path, dtype: str = "float32"):
     if not (hf_dir / "config.json").is_file():
         raise MinitronError(f"{hf_dir}: not a model folder (no config.json); give an exported HF checkpoint")
     try:
-        model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=getattr(torch, dtype), trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=getattr(torch, dtype), use_safetensors=True,
+                                                     trust_remote_code=False)
     except (OSError, ValueError, KeyError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise MinitronError(f"{hf_dir}: cannot load the model ({first})") from None
