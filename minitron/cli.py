@@ -108,24 +108,17 @@ def cmd_config(args) -> dict:
 
 
 def cmd_run(args) -> dict:
-    from minitron import config, pipeline
-    from minitron.recipe import Recipe
+    from minitron import pipeline
 
-    recipe = config.load(Recipe, args.config, args.overrides)
-    if args.output:
-        recipe.output_root = str(Path(args.output))
-    return _compact(pipeline.run(recipe))
+    return _compact(pipeline.run(_load_recipe(args)))
 
 
 def cmd_eval_report(args) -> dict:
     """`minitron eval` / `minitron report`: measure / tabulate the models the run has so far."""
-    from minitron import config, pipeline
+    from minitron import pipeline
     from minitron.errors import MinitronError
-    from minitron.recipe import Recipe
 
-    recipe = config.load(Recipe, args.config, args.overrides)
-    if args.output:
-        recipe.output_root = str(Path(args.output))
+    recipe = _load_recipe(args)
     extra = getattr(args, "model", None) or []  # `report` has no --model
     for spec in extra:
         if "=" not in spec:
@@ -160,40 +153,39 @@ def cmd_query(args) -> dict | None:
     return query(args) or None
 
 
-def _load_with_nproc(path, overrides: list[str]):
-    """Load a recipe; `nproc=N` among the overrides sets DP so that TP * PP * DP = N."""
+def _load_recipe(args, extra_overrides: list[str] = ()):
+    """The recipe of --config with key=value overrides and --output; `nproc=N` sets DP so TP * PP * DP = N."""
     from minitron import config
     from minitron.errors import MinitronError
     from minitron.recipe import Recipe
 
+    overrides = list(args.overrides) + list(extra_overrides)
     nproc = [int(o.split("=", 1)[1]) for o in overrides if o.startswith("nproc=")]
-    recipe = config.load(Recipe, path, [o for o in overrides if not o.startswith("nproc=")])
+    recipe = config.load(Recipe, args.config, [o for o in overrides if not o.startswith("nproc=")])
     for n in nproc:
         mp = recipe.parallel.tensor_parallel * recipe.parallel.pipeline_parallel
         if n < 1 or n % mp:
             raise MinitronError(f"nproc={n} is not a multiple of tensor_parallel x pipeline_parallel = {mp}")
         recipe.parallel.data_parallel = n // mp
+    if getattr(args, "output", None):
+        recipe.output_root = str(Path(args.output))
     return recipe
 
 
 def cmd_train_stage(args) -> dict:
     """`minitron distill` / `minitron teacher-correct`: the recipe up to that stage (cached stages skip)."""
-    import os
-
     from minitron import pipeline
     from minitron.errors import MinitronError
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and any(o.startswith("nproc=") for o in args.overrides):
         raise MinitronError("nproc=N launches its own ranks; under torchrun leave it out (the world size is N)")
-    recipe = _load_with_nproc(args.config, args.overrides + ([f"nproc={world}"] if world > 1 else []))
+    recipe = _load_recipe(args, [f"nproc={world}"] if world > 1 else [])
     if args.command == "teacher-correct":
         recipe.stages = ["import", "teacher_correction"]
     else:  # a corrected teacher is used when the recipe lists teacher correction
         recipe.stages = [s for s in ("import", "teacher_correction", "prune", "distill")
                          if s != "teacher_correction" or s in recipe.stages]
-    if args.output:
-        recipe.output_root = str(Path(args.output))
     config_errors = recipe.check()
     if config_errors:
         raise MinitronError("; ".join(config_errors))
@@ -238,12 +230,19 @@ def _train_under_torchrun(recipe) -> dict | None:
 
 def cmd_export(args) -> dict:
     """`minitron export`: BF16 or FP8 (Model Optimizer PTQ), as a unified HF or a TensorRT-LLM checkpoint."""
-    from deploy.export import ExportRequest, export
+    from deploy.export import export
 
-    return export(ExportRequest(model=args.model, output=args.output, format=args.format, dtype=args.dtype,
-                                tp=args.tp, pp=args.pp, calib_samples=args.calib_samples,
-                                calib_seq_length=args.calib_seq_length, calib_batch_size=args.calib_batch_size,
-                                kv_cache_fp8=args.kv_cache_fp8, data=_export_data_config(args)))
+    return export(_export_request(args, args.output, args.format))
+
+
+def _export_request(args, output: str, fmt: str):
+    """What `export` and `build-engine --model` ask Model Optimizer for (the flags of _add_export_args)."""
+    from deploy.export import ExportRequest
+
+    return ExportRequest(model=args.model, output=output, format=fmt, dtype=args.dtype, tp=args.tp, pp=args.pp,
+                         calib_samples=args.calib_samples, calib_seq_length=args.calib_seq_length,
+                         calib_batch_size=args.calib_batch_size, kv_cache_fp8=args.kv_cache_fp8,
+                         data=_export_data_config(args))
 
 
 def _export_data_config(args):
@@ -262,7 +261,7 @@ def _export_data_config(args):
 def cmd_build_engine(args) -> dict:
     """`minitron build-engine`: (optionally export, then) trtllm-build; exit 3 where no GPU/TensorRT-LLM."""
     from deploy.engine import EngineRequest, build_engine
-    from deploy.export import ExportRequest, export
+    from deploy.export import export
 
     exported = None
     if args.model:
@@ -270,10 +269,7 @@ def cmd_build_engine(args) -> dict:
             from minitron.errors import MinitronError
 
             raise MinitronError(f"{args.checkpoint}: exists; drop --model to build from it, or pass a new --checkpoint")
-        exported = export(ExportRequest(model=args.model, output=args.checkpoint, format="trtllm", dtype=args.dtype,
-                                        tp=args.tp, pp=args.pp, calib_samples=args.calib_samples,
-                                        calib_seq_length=args.calib_seq_length, kv_cache_fp8=args.kv_cache_fp8,
-                                        data=_export_data_config(args)))
+        exported = export(_export_request(args, args.checkpoint, "trtllm"))
         print(f"checkpoint written: {args.checkpoint}", file=sys.stderr)
     output = args.output or str(Path(args.checkpoint).with_name(Path(args.checkpoint).name + "-engine"))
     result = build_engine(EngineRequest(checkpoint=args.checkpoint, output=output, max_batch_size=args.max_batch_size,
@@ -290,6 +286,7 @@ def _add_export_args(e, engine: bool) -> None:
     e.add_argument("--pp", type=int, default=1, help="pipeline-parallel ranks (trtllm only)")
     e.add_argument("--calib-samples", type=int, default=64, help="FP8 calibration samples from the train split")
     e.add_argument("--calib-seq-length", type=int, default=512, help="tokens per calibration sample")
+    e.add_argument("--calib-batch-size", type=int, default=4, help="calibration samples per forward pass")
     e.add_argument("--kv-cache-fp8", action="store_true", help="also calibrate an FP8 KV cache")
     e.add_argument("--data-source", default=None, help="calibration text (default: the recipe's or embedded corpus)")
 
@@ -339,7 +336,6 @@ def parser() -> argparse.ArgumentParser:
     _add_export_args(e, engine=False)
     e.add_argument("--format", choices=["hf", "trtllm"], default="trtllm")
     e.add_argument("--output", required=True, help="target folder (must not exist or be empty)")
-    e.add_argument("--calib-batch-size", type=int, default=4)
     e.add_argument("--config", default=None, help="recipe YAML whose `data` section gives the calibration text")
     e.add_argument("overrides", nargs="*", help="key=value recipe overrides (with --config)")
     e.set_defaults(func=cmd_export)

@@ -19,14 +19,16 @@ def check_output_dir(target: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_output_dir(target: str | Path):
+def atomic_output_dir(target: str | Path, replace: bool = False):
     """Yield a temporary folder beside `target`; rename it to `target` only on success.
 
-    A crash or an error leaves `target` untouched (absent or empty) and removes the
-    temporary folder, so a folder at `target` is always complete.
+    A crash or an error leaves `target` untouched (absent or empty, or with `replace` its
+    previous content) and removes the temporary folder, so a folder at `target` is always
+    complete.
     """
     target = Path(target)
-    check_output_dir(target)
+    if not replace:
+        check_output_dir(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     umask = os.umask(0)
@@ -37,9 +39,11 @@ def atomic_output_dir(target: str | Path):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    old = target.with_name(f".{target.name}.previous-{os.getpid()}")
     if target.exists():
-        target.rmdir()
+        os.rename(target, old)  # (an empty target goes the same way)
     os.rename(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def write_json_atomic(path: str | Path, obj) -> None:

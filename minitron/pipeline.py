@@ -10,8 +10,6 @@ measurement, so a refresh only measures what is new.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 
 from minitron.errors import MinitronError
@@ -88,7 +86,7 @@ def run(recipe: Recipe) -> dict:
     for stage, runner in planned_stages(recipe):
         out = recipe.stage_dir(stage)
         if stage in REFRESHED:
-            results[stage] = _refresh(recipe, stage, runner, out)
+            results[stage] = run_stage(recipe, stage, runner, out, replace=True)
             continue
         if (out / "summary.json").is_file():
             print(f"[{stage}] done already: {out}")
@@ -100,31 +98,16 @@ def run(recipe: Recipe) -> dict:
     return results
 
 
-def run_stage(recipe: Recipe, stage: str, runner, out) -> dict:
+def run_stage(recipe: Recipe, stage: str, runner, out, replace: bool = False) -> dict:
+    """Run one stage into its folder (written beside it, renamed when complete); `replace` swaps out an old one."""
     print(f"[{stage}] running -> {out}")
     start = time.perf_counter()
-    with atomic_output_dir(out) as tmp:
+    with atomic_output_dir(out, replace=replace) as tmp:
         summary = runner(recipe, tmp)
         summary = _retarget(summary, str(tmp), str(out))
         summary["stage_seconds"] = round(time.perf_counter() - start, 2)
         write_json_atomic(tmp / "summary.json", summary)
     print(f"[{stage}] finished in {summary['stage_seconds']} s")
-    return summary
-
-
-def _refresh(recipe: Recipe, stage: str, runner, out) -> dict:
-    """Rebuild a stage folder; the previous one stays in place until the new one is complete."""
-    if not out.exists():
-        return run_stage(recipe, stage, runner, out)
-    old = out.with_name(f".{out.name}.previous-{os.getpid()}")
-    os.rename(out, old)
-    try:
-        summary = run_stage(recipe, stage, runner, out)
-    except BaseException:
-        if not out.exists():
-            os.rename(old, out)
-        raise
-    shutil.rmtree(old)
     return summary
 
 

@@ -104,10 +104,11 @@ def test_not_a_model_folder(tmp_path):
 def test_throughput_measures_every_model_and_speedups(tiny_hf, tmp_path):
     from conftest import write_tiny_llama
     from minitron.evaluation import throughput as tp
+    from minitron.evaluation.config import ThroughputSection
 
     small = write_tiny_llama(tmp_path / "small", num_hidden_layers=2)
     models = {"teacher": load_causal_lm(tiny_hf), "small": load_causal_lm(small)}
-    cfg = tp.ThroughputConfig(batch_sizes=[1, 2], prompt_tokens=16, new_tokens=4, repeats=1, dtype="float32")
+    cfg = ThroughputSection(batch_sizes=[1, 2], prompt_tokens=16, new_tokens=4, repeats=1, dtype="float32")
     ids = torch.randint(0, 256, (64,), generator=torch.Generator().manual_seed(0))
     res = tp.with_speedups(tp.measure(models, ids, cfg, progress=False), "teacher")
     assert [r["batch_size"] for r in res["teacher"]["by_batch_size"]] == [1, 2]

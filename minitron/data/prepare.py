@@ -109,7 +109,8 @@ def _digest(text: str) -> bytes:
     return hashlib.sha256(text.strip().encode("utf-8")).digest()
 
 
-def _bounds(data_cfg: DataConfig) -> list[tuple[str, float]]:
+def split_bounds(data_cfg: DataConfig) -> list[tuple[str, float]]:
+    """(split, cumulative upper bound) for `split_of`; splits with no share are left out."""
     upper, bounds = 0.0, []
     for name, fraction in data_cfg.fractions().items():
         upper += fraction
@@ -129,7 +130,7 @@ def _build(data_cfg: DataConfig, tokenizer_dir: Path, out: Path) -> None:
     dtype = np.uint16 if top_id < 2 ** 16 else np.int32
     builders = {s: IndexedDatasetBuilder(get_bin_path(str(out / s)), dtype=dtype) for s in SPLITS}
     stats = {s: {"documents": 0, "tokens": 0} for s in SPLITS}
-    bounds, seen, duplicates, pending = _bounds(data_cfg), set(), 0, []
+    bounds, seen, duplicates, pending = split_bounds(data_cfg), set(), 0, []
     total = _document_count_hint(data_cfg)
     with tqdm(desc=f"tokenize {data_cfg.source}", unit="doc", total=total) as progress:
         for doc in iter_documents(data_cfg):

@@ -60,11 +60,11 @@ def heldout_documents(split: str, source: str = CORPUS) -> list:
     kept out of training: a text is in one split only.
     """
     from minitron.data.config import DataConfig
-    from minitron.data.prepare import _bounds, split_of
+    from minitron.data.prepare import split_bounds, split_of
     from minitron.data.sources import iter_documents
 
     cfg = DataConfig(source=source)
-    bounds, seen, docs = _bounds(cfg), set(), []
+    bounds, seen, docs = split_bounds(cfg), set(), []
     for doc in iter_documents(cfg):
         key = doc.text.strip()
         if key in seen:

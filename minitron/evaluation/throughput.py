@@ -18,20 +18,11 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import dataclass, field
 
 import torch
 
 from minitron.errors import MinitronError
-
-
-@dataclass
-class ThroughputConfig:
-    batch_sizes: list[int] = field(default_factory=lambda: [1, 8])
-    prompt_tokens: int = 128
-    new_tokens: int = 32
-    repeats: int = 3
-    dtype: str = "bfloat16"
+from minitron.evaluation.config import ThroughputSection
 
 
 def flops_per_token(config, context: int) -> float:
@@ -81,7 +72,7 @@ def _generate_seconds(model, ids: torch.Tensor, new_tokens: int) -> float:
     return seconds
 
 
-def measure(models: dict, tokens: torch.Tensor, cfg: ThroughputConfig, progress: bool = True) -> dict:
+def measure(models: dict, tokens: torch.Tensor, cfg: ThroughputSection, progress: bool = True) -> dict:
     """Throughput of each model (name -> transformers causal LM) at each batch size, measured in turns."""
     from tqdm import tqdm
 
@@ -98,7 +89,7 @@ def measure(models: dict, tokens: torch.Tensor, cfg: ThroughputConfig, progress:
             for name, model in models.items()}
 
 
-def _summarize(model, by_batch: dict, cfg: ThroughputConfig) -> dict:
+def _summarize(model, by_batch: dict, cfg: ThroughputSection) -> dict:
     rows = []
     for batch, t in by_batch.items():
         prefill, generate = statistics.median(t["prefill"]), statistics.median(t["generate"])

@@ -57,10 +57,11 @@ def run(recipe: Recipe, out: Path, work: Path) -> dict:
     cfg = recipe.eval
     tokenizer_dir = next(iter(models.values()))
     tokens = _eval_tokens(recipe, tokenizer_dir)
+    facts = {name: _model_facts(hf_dir) for name, hf_dir in models.items()}
     results = {}
     for name, hf_dir in models.items():
         print(f"[eval] {name}: {hf_dir}")
-        results[name] = {"hf": str(hf_dir), **_model_facts(hf_dir)}
+        results[name] = {"hf": str(hf_dir), **facts[name]}
         if "perplexity" not in cfg.skip:
             results[name]["perplexity"] = _cached(work, "perplexity", hf_dir, _settings(recipe, "perplexity"),
                                                   lambda h=hf_dir: _perplexity(recipe, h, tokens))
@@ -68,7 +69,7 @@ def run(recipe: Recipe, out: Path, work: Path) -> dict:
             results[name]["lm_eval"] = _cached(work, "lm_eval", hf_dir, _settings(recipe, "lm_eval"),
                                                lambda h=hf_dir: _lm_eval(recipe, h))
     if "throughput" not in cfg.skip:
-        speed = _throughput(recipe, models, tokens, work)
+        speed = _throughput(recipe, models, facts, tokens, work)
         for name in models:
             results[name]["throughput"] = speed[name]
     write_json_atomic(out / "results.json", results)
@@ -127,23 +128,21 @@ def _lm_eval(recipe: Recipe, hf_dir: Path) -> dict:
     return results
 
 
-def _throughput(recipe: Recipe, models: dict[str, Path], tokens, work: Path) -> dict:
+def _throughput(recipe: Recipe, models: dict[str, Path], facts: dict[str, dict], tokens, work: Path) -> dict:
     """Measure once per distinct architecture (pruned and distilled twins share one), all in turns."""
     from minitron.evaluation import throughput as tp
     from minitron.evaluation.perplexity import load_causal_lm
 
     cfg = recipe.eval.throughput
     shapes = {}
-    for name, hf_dir in models.items():
-        shapes.setdefault(json.dumps(_model_facts(hf_dir), sort_keys=True), []).append(name)
+    for name in models:
+        shapes.setdefault(json.dumps(facts[name], sort_keys=True), []).append(name)
     measured = {names[0]: models[names[0]] for names in shapes.values()}
     key = {"models": {n: _checkpoint_key(p) for n, p in measured.items()}, **dataclasses.asdict(cfg)}
 
     def measure():
         loaded = {n: load_causal_lm(p, cfg.dtype) for n, p in measured.items()}
-        settings = tp.ThroughputConfig(batch_sizes=cfg.batch_sizes, prompt_tokens=cfg.prompt_tokens,
-                                       new_tokens=cfg.new_tokens, repeats=cfg.repeats, dtype=cfg.dtype)
-        results = tp.measure(loaded, tokens, settings)
+        results = tp.measure(loaded, tokens, cfg)
         return tp.with_speedups(results, "teacher" if "teacher" in results else next(iter(results)))
 
     results = _cached(work, "throughput", None, key, measure)

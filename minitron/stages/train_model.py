@@ -59,25 +59,27 @@ def make_job(recipe: Recipe, stage_name: str):
                     pipeline_parallel=par.pipeline_parallel)
 
 
-def run_training(recipe: Recipe, out: Path, stage_name: str, trained: tuple[dict, float] | None = None) -> dict:
-    """Train (or take the result of ranks that trained under an external torchrun), then export."""
+def _train(job, recipe: Recipe) -> tuple[dict, float]:
+    """Run the job in this process, or on TP*PP*DP ranks under torchrun; (result, seconds)."""
     from minitron.training.loop import train
 
-    job = make_job(recipe, stage_name)
-    work, teacher = Path(job.output), job.teacher
-    work.mkdir(parents=True, exist_ok=True)
     par = recipe.parallel
     nproc = par.tensor_parallel * par.pipeline_parallel * par.data_parallel
     start = time.perf_counter()
-    if trained is not None:
-        result, seconds = trained
-    elif nproc == 1:
+    if nproc == 1:
         result = train(job)
     else:
-        job.save(work / "job.json")
-        result = run_cli(nproc, ["train-job", str(work / "job.json")])
-    if trained is None:
-        seconds = time.perf_counter() - start
+        job.save(Path(job.output) / "job.json")
+        result = run_cli(nproc, ["train-job", str(Path(job.output) / "job.json")])
+    return result, time.perf_counter() - start
+
+
+def run_training(recipe: Recipe, out: Path, stage_name: str, trained: tuple[dict, float] | None = None) -> dict:
+    """Train (or take the result of ranks that trained under an external torchrun), then export."""
+    job = make_job(recipe, stage_name)
+    work, teacher = Path(job.output), job.teacher
+    work.mkdir(parents=True, exist_ok=True)
+    result, seconds = trained or _train(job, recipe)
     for name in ("nemo", "metrics.jsonl", "tensorboard"):
         if (work / name).exists():
             shutil.move(str(work / name), str(out / name))
