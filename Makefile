@@ -21,7 +21,7 @@ help:
 	@echo "make run RECIPE=...  run any recipe; OUT=dir ARGS='k=v ...' pass through"
 	@echo "make convert-hf-to-nemo IN=hf_dir OUT=nemo_dir   (and convert-nemo-to-hf)"
 	@echo "make prune-width / prune-depth   Minitron-prune SmolLM2 on CPU (RECIPE= for Llama 3.1 on GPUs)"
-	@echo "make distill / teacher-correct   distil the pruned SmolLM2 width student (about 15 min on 2 cores)"
+	@echo "make distill / teacher-correct   distil the pruned SmolLM2 width and depth students (about 25 min on 2 cores)"
 	@echo "make eval / report   perplexity, lm-eval tasks and speed of every model of the run; report.md + plots"
 	@echo "make bench-conversion  time and peak memory of the SmolLM2 conversions"
 	@echo "make bench-pruning     activation vs baselines, calibration overhead, recipe wall time"
