@@ -13,7 +13,7 @@ ARGS     ?=
 OUT_FLAG  = $(if $(OUT),--output $(OUT),)
 PYTEST_ARGS ?=
 
-.PHONY: eval report export build-engine bench-fp8 prune-width prune-depth prune distill teacher-correct bench-distill bench-pruning setup demo run test test-unit test-fast convert-hf-to-nemo convert-nemo-to-hf model bench-conversion clean help
+.PHONY: eval report export build-engine bench-fp8 bench-trtllm prune-width prune-depth prune distill teacher-correct bench-distill bench-pruning setup demo run test test-unit test-fast convert-hf-to-nemo convert-nemo-to-hf model bench-conversion clean help
 
 help:
 	@echo "make demo            the whole pipeline on the embedded SmolLM2 on CPU (~35 min), ending with its report"
@@ -31,6 +31,7 @@ help:
 	@echo "make export            FP8 TensorRT-LLM checkpoint of the newest distilled student (EXPORT_FORMAT=hf, EXPORT_DTYPE=bf16)"
 	@echo "make build-engine      trtllm-build the export (TensorRT-LLM 1.2 + GPU; exit 3 without them)"
 	@echo "make bench-fp8         SmolLM2 held-out perplexity, BF16 vs FP8 (Model Optimizer PTQ, CPU fake-quant)"
+	@echo "make bench-trtllm      TensorRT-LLM tokens/s, teacher vs distilled students, BF16/FP8 (GPU + TensorRT-LLM 1.2)"
 
 # Idempotent: reinstalls only when the pins or the package metadata change.
 setup: $(VENV)/.installed
@@ -100,6 +101,12 @@ build-engine: export
 
 bench-fp8: setup
 	$(PY) benchmarks/bench_fp8.py $(ARGS)
+
+# TensorRT-LLM tokens/s of the recipe's teacher vs its distilled students, BF16 and FP8 engines. Needs
+# TensorRT-LLM 1.2 and a GPU (deploy/gpu_checks.sh runs it in the container); elsewhere it writes and
+# validates the checkpoints, then exits 3.
+bench-trtllm: setup
+	$(PY) benchmarks/bench_trtllm.py --config $(RECIPE) $(ARGS)
 
 bench-pruning: setup
 	$(PY) benchmarks/bench_pruning.py

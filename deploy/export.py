@@ -200,7 +200,7 @@ def _write_trtllm(model, hf_dir: Path, out: Path, req: ExportRequest, arch) -> d
 
 
 def _complete_config(cfg: dict, hf_cfg: dict) -> None:
-    """Set the RoPE fields from the HF config (see the module docstring for why)."""
+    """Set the RoPE fields from the HF config (see the module docstring for why), float32 logits."""
     rope = dict(hf_cfg.get("rope_parameters") or hf_cfg.get("rope_scaling") or {})
     cfg["rotary_base"] = float(rope.get("rope_theta", hf_cfg.get("rope_theta", 10000.0)))
     kind = rope.get("rope_type", rope.get("type", "default"))
@@ -210,6 +210,9 @@ def _complete_config(cfg: dict, hf_cfg: dict) -> None:
         cfg["rotary_scaling"] = {**{k: v for k, v in rope.items() if k != "rope_theta"}, "type": kind,
                                  "rope_type": kind}
     cfg["tie_word_embeddings"] = bool(hf_cfg.get("tie_word_embeddings", False))
+    # Model Optimizer asks for float16 logits; an engine's logits are compared with (and sampled
+    # like) the HF model's, so keep them float32 (the GEMM itself stays in the model dtype).
+    cfg["logits_dtype"] = "float32"
     # Model Optimizer leaves the rank of the last file it wrote in the shared config; the rank of
     # a process comes from the mapping at load time, so drop the misleading field.
     cfg.pop("rank", None)

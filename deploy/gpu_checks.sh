@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# TensorRT engine builds for SmolLM2 (BF16 and FP8) on an NVIDIA GPU. NOT YET RUN ON A GPU.
+# TensorRT engines on an NVIDIA GPU: BF16 and FP8 builds of SmolLM2 with a greedy check, then
+# TensorRT-LLM tokens/s of the teacher vs the distilled students. NOT YET RUN ON A GPU.
 #
 # 1) On any machine (CPU is fine), write and validate the TensorRT-LLM checkpoints:
 #      make export EXPORT_DTYPE=bf16 EXPORT_MODEL=embedded:smollm2-135m-instruct
 #      make export EXPORT_DTYPE=fp8  EXPORT_MODEL=embedded:smollm2-135m-instruct
-#    (or leave EXPORT_MODEL out to take the newest distilled student; set MODEL_NAME below to match).
+#    (or leave EXPORT_MODEL out to take the newest distilled student; set MODEL_NAME below to match)
+#    and, after `make demo` (or the recipe's distill stage), the benchmark's checkpoints and prompts:
+#      make bench-trtllm        # exits 3 here: "engines not built ..."; runs/bench/trtllm is ready
 # 2) On the GPU machine, in the TensorRT-LLM 1.2 container (the last release line with trtllm-build):
 #      docker run --rm --gpus all -v "$PWD":/work -w /work nvcr.io/nvidia/tensorrt-llm/release:1.2.0 \
 #        bash deploy/gpu_checks.sh
-#    Only deploy/, minitron/ and the checkpoints are used there (torch and safetensors come with the
-#    container); nothing is installed.
+#    Only deploy/, minitron/, benchmarks/ and runs/ are used there (torch and safetensors come with
+#    the container); nothing is installed.
 set -euo pipefail
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 MODEL_NAME=${MODEL_NAME:-smollm2-135m-instruct}
@@ -45,3 +48,10 @@ print(f"{engine}: {text!r}")
 assert "Paris" in text, text
 EOF
 done
+
+# Teacher vs students, BF16 and FP8 engines, on the held-out prompts planned by `make bench-trtllm`.
+if [ -f "${BENCH_DIR:=runs/bench/trtllm}/plan.json" ]; then
+  python3 benchmarks/bench_trtllm.py --plan "$BENCH_DIR"
+else
+  echo "no $BENCH_DIR/plan.json: run 'make bench-trtllm' on any machine first for the teacher-vs-students table"
+fi

@@ -15,15 +15,24 @@ TensorRT-engine backend that 1.2 still ships; read from NVIDIA/TensorRT-LLM sour
 * ``layers/attention.py``: per rank ``qkv`` has ``(heads/tp + 2*ceil(kv_heads/tp)) * head_size``
   rows (KV heads are replicated when there are fewer than ``tp``); the Llama 3.1 ``rotary_scaling``
   dict is read by ``type`` or ``rope_type``.
-* ``models/modeling_utils.py``: ``PretrainedConfig`` fields, ``Mapping`` (``rank = pp_rank * tp +
-  tp_rank``), ``use_parallel_embedding`` / ``embedding_sharding_dim`` (the embedding table is split
-  over TP ranks by vocab rows when the dim is 0), ``load`` (``lm_head`` may be omitted when the
-  same rank holds ``vocab_embedding``: shared embeddings).
+* ``models/modeling_utils.py``: ``PretrainedConfig`` fields, ``use_parallel_embedding`` /
+  ``embedding_sharding_dim`` (the embedding table is split over TP ranks by vocab rows when the dim
+  is 0), ``load`` (``lm_head`` may be omitted when the same rank holds ``vocab_embedding``).
+  ``share_embedding`` then ties them at build time, but silently does nothing when their shapes or
+  dtypes differ, which leaves ``lm_head`` at random init; so a missing ``lm_head`` is accepted only
+  where the shapes agree (below).
+* ``mapping.py``: ``rank = pp_rank * tp + tp_rank``; ``pp_layers`` = ``pp_partition`` when given,
+  else ``torch.tensor_split`` (the first ``layers % pp`` stages get one layer more).
+* ``models/llama/config.py``: ``LLaMAConfig`` fields that add tensors or change the math
+  (``attn_bias``, ``mlp_bias``, ``residual_mlp``, ``fc_after_embed``, the ``*_multiplier`` fields,
+  ``moe``...) must be at their plain-Llama defaults when present.
 * ``quantization/quantize.py`` + ``layers.py``: with ``quant_algo = FP8`` every Column/RowLinear
-  not in ``exclude_modules`` becomes ``FP8Linear``: an ``float8_e4m3`` weight plus float32
+  not in ``exclude_modules`` (``fnmatchcase``; null means the default list ``DEFAULT_EXCLUDES``)
+  becomes ``FP8Linear``: an ``float8_e4m3`` weight plus float32
   ``weights_scaling_factor`` and ``activation_scaling_factor`` of shape ``[1]``; with
   ``kv_cache_quant_algo = FP8`` each attention has ``kv_cache_scaling_factor`` ``[1]`` (its
-  reciprocal is derived at load time when absent).
+  reciprocal is derived at load time when absent; separate K and V scales are folded into it, and
+  one without the other fails an assert in ``preprocess_weights``).
 
 TensorRT-LLM merely warns about tensors it does not expect; this validator rejects them, so a
 typo in a name cannot silently leave a layer at random init.
@@ -54,6 +63,17 @@ REQUIRED = {"architecture": str, "dtype": str, "hidden_size": int, "num_hidden_l
             "hidden_act": str, "norm_epsilon": (int, float), "position_embedding_type": str,
             "rotary_base": (int, float), "mapping": dict, "quantization": dict}
 LINEARS = ("attention.qkv", "attention.dense", "mlp.fc", "mlp.gate", "mlp.proj")
+#: quantize_layers' exclusions when config.json has ``exclude_modules: null``.
+DEFAULT_EXCLUDES = ("*lm_head", "*router", "*vocab_embedding", "*position_embedding", "*block_embedding",
+                    "*shared_expert_gate")
+#: LLaMAConfig fields that add tensors or change the computation: accepted only at these values.
+PLAIN_LLAMA = {"attn_bias": False, "mlp_bias": False, "residual_mlp": False, "fc_after_embed": False,
+               "use_input_layernorm_in_first_layer": True, "use_last_layernorm": True, "layer_idx_offset": 0,
+               "remove_duplicated_kv_heads": False, "embedding_multiplier": 1.0, "attention_multiplier": 1.0,
+               "residual_multiplier": 1.0, "output_multiplier_scale": 1.0, "rotary_pct": 1.0}
+#: Mapping fields for parallelism this validator does not model: accepted only at "off".
+MAPPING_OFF = {"cp_size": (None, 1), "attn_cp_size": (None, -1, 1), "moe_cluster_size": (None, -1, 1),
+               "enable_attention_dp": (None, False), "auto_parallel": (None, False)}
 
 
 @dataclass(frozen=True)
@@ -70,6 +90,7 @@ class TrtllmConfig:
     vocab: int
     tp: int
     pp: int
+    pp_partition: tuple[int, ...] | None
     quant_algo: str | None
     kv_cache_quant_algo: str | None
     exclude_modules: tuple[str, ...]
@@ -77,9 +98,15 @@ class TrtllmConfig:
     embedding_dim: int
 
     def rank_layers(self, pp_rank: int) -> range:
-        """Global indices of the layers on a pipeline stage (Mapping.pp_layers; even split)."""
-        per = self.layers // self.pp
-        return range(pp_rank * per, (pp_rank + 1) * per)
+        """Global indices of the layers on a pipeline stage (Mapping.pp_layers)."""
+        sizes = self.pp_partition or [self.layers // self.pp + (r < self.layers % self.pp) for r in range(self.pp)]
+        start = sum(sizes[:pp_rank])
+        return range(start, start + sizes[pp_rank])
+
+    def shares_embedding(self) -> bool:
+        """Whether trtllm-build can tie a missing lm_head to vocab_embedding: same rank, shape and dtype."""
+        same_shape = self.tp == 1 or (self.parallel_embedding and self.embedding_dim == 0)
+        return self.pp == 1 and same_shape and not self.quantized("lm_head")
 
     def quantized(self, module: str) -> bool:
         """Whether a linear is FP8 (QuantConfig.is_module_excluded_from_quantization: fnmatch)."""
@@ -110,8 +137,9 @@ def parse_config(cfg: dict, source: str = "config.json") -> TrtllmConfig:
         dtype=DTYPES[cfg["dtype"]], hidden=cfg["hidden_size"], layers=cfg["num_hidden_layers"],
         heads=cfg["num_attention_heads"], kv_heads=cfg["num_key_value_heads"], head_size=cfg["head_size"],
         ffn=cfg["intermediate_size"], vocab=cfg["vocab_size"], tp=mapping["tp_size"], pp=mapping["pp_size"],
+        pp_partition=tuple(mapping["pp_partition"]) if mapping.get("pp_partition") else None,
         quant_algo=quant.get("quant_algo"), kv_cache_quant_algo=quant.get("kv_cache_quant_algo"),
-        exclude_modules=tuple(quant.get("exclude_modules") or ()),
+        exclude_modules=DEFAULT_EXCLUDES if quant.get("exclude_modules") is None else tuple(quant["exclude_modules"]),
         parallel_embedding=bool(cfg.get("use_parallel_embedding", False)),
         embedding_dim=int(cfg.get("embedding_sharding_dim", 0)))
 
@@ -129,6 +157,18 @@ def _check_values(cfg: dict, source: str) -> None:
     quant = cfg["quantization"]
     if quant.get("quant_algo") not in QUANT_ALGOS or quant.get("kv_cache_quant_algo") not in KV_CACHE_QUANT_ALGOS:
         problems.append(f"quantization {quant} is not supported (quant_algo and kv_cache_quant_algo: null or FP8)")
+    if quant.get("exclude_modules") == [] and quant.get("quant_algo"):
+        # Older TensorRT-LLM reads [] as "the default exclusions", newer as "quantize everything".
+        problems.append("quantization.exclude_modules is [], which TensorRT-LLM versions read differently; "
+                        "list the excluded modules (e.g. [\"lm_head\"]) or use null for the defaults")
+    problems += [f"{key} = {cfg[key]!r} is not a plain Llama (needs {value!r})"
+                 for key, value in PLAIN_LLAMA.items() if key in cfg and cfg[key] != value]
+    if (cfg.get("moe") or {}).get("num_experts", 0):
+        problems.append("moe.num_experts > 0: a mixture of experts is not a Llama checkpoint this handles")
+    if cfg.get("rotary_dim") not in (None, cfg["head_size"]):
+        problems.append(f"rotary_dim {cfg['rotary_dim']} != head_size {cfg['head_size']} (partial RoPE)")
+    if cfg.get("logits_dtype", "float32") not in DTYPES:
+        problems.append(f"logits_dtype {cfg['logits_dtype']!r} is not one of {sorted(DTYPES)}")
     if cfg.get("embedding_sharding_dim", 0) not in (0, 1):
         problems.append("embedding_sharding_dim must be 0 or 1")
     if problems:
@@ -153,15 +193,25 @@ def _mapping_problems(cfg: dict) -> list[str]:
     tp, pp = m.get("tp_size"), m.get("pp_size")
     if not all(isinstance(v, int) and v >= 1 for v in (tp, pp, m.get("world_size"))):
         return [f"mapping {m} needs positive integers world_size, tp_size, pp_size"]
-    problems = []
+    problems = [f"mapping {key} = {m[key]!r} is not supported (only {allowed[-1]!r})"
+                for key, allowed in MAPPING_OFF.items() if key in m and m[key] not in allowed]
+    if m.get("attn_tp_size") not in (None, -1, tp):
+        problems.append(f"mapping attn_tp_size {m['attn_tp_size']} != tp_size {tp} is not supported")
     if m["world_size"] != tp * pp:
         problems.append(f"mapping world_size {m['world_size']} != tp_size {tp} x pp_size {pp}")
-    if cfg["num_attention_heads"] % tp or cfg["intermediate_size"] % tp:
+    heads, kv_heads, layers = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["num_hidden_layers"]
+    if heads % tp or cfg["intermediate_size"] % tp:
         problems.append(f"num_attention_heads and intermediate_size must divide by tp_size {tp}")
-    if cfg["num_attention_heads"] % cfg["num_key_value_heads"]:
+    if heads % kv_heads:
         problems.append("num_attention_heads must be a multiple of num_key_value_heads")
-    if cfg["num_hidden_layers"] % pp:
-        problems.append(f"num_hidden_layers {cfg['num_hidden_layers']} must divide by pp_size {pp}")
+    if kv_heads % tp and tp % kv_heads:
+        problems.append(f"num_key_value_heads {kv_heads} and tp_size {tp}: one must divide the other")
+    partition = m.get("pp_partition")
+    if partition is not None and (not isinstance(partition, list) or len(partition) != pp or sum(partition) != layers
+                                  or not all(isinstance(n, int) and n > 0 for n in partition)):
+        problems.append(f"mapping pp_partition {partition} must be {pp} positive layer counts summing to {layers}")
+    if layers < pp:
+        problems.append(f"num_hidden_layers {layers} < pp_size {pp}: a pipeline stage would have no layer")
     return problems
 
 
@@ -238,17 +288,26 @@ def _validate_rank(path: Path, c: TrtllmConfig, rank: int) -> tuple[int, float]:
         raise MinitronError(f"{path}: missing; mapping tp_size={c.tp} x pp_size={c.pp} needs one file per rank")
     with safe_open(path, framework="pt") as f:
         names = set(f.keys())
-        tied = "lm_head.weight" not in names and "transformer.vocab_embedding.weight" in names
+        last_stage = rank // c.tp == c.pp - 1
+        tied = last_stage and "lm_head.weight" not in names and "transformer.vocab_embedding.weight" in names
+        if tied and not c.shares_embedding():
+            raise MinitronError(f"{path}: lacks lm_head.weight, and TensorRT-LLM can tie it to vocab_embedding only "
+                                "with pp_size 1, an unquantized lm_head and an embedding split by vocab rows "
+                                "(or not split); write lm_head explicitly")
         expected = expected_tensors(c, rank, tied)
         optional = {n: s for n, s in _kv_alternatives(expected).items() if n in names}
         missing = sorted(n for n in set(expected) - names if not _kv_from_k_and_v(n, names))
         extra = sorted(names - set(expected) - set(optional))
+        lone = sorted(n for n in names if n.endswith(_KV_SCALES) and _kv_partner(n) not in names)
         expected = {n: s for n, s in {**expected, **optional}.items() if n in names}
         if missing:
             raise MinitronError(f"{path}: lacks {missing[0]} (and {len(missing) - 1} more) that config.json implies")
         if extra:
             raise MinitronError(f"{path}: unexpected tensor {extra[0]} (and {len(extra) - 1} more); "
                                 "TensorRT-LLM's Llama has no such parameter")
+        if lone:
+            raise MinitronError(f"{path}: {lone[0]} without {_kv_partner(lone[0])}; "
+                                "TensorRT-LLM needs separate K and V cache scales together")
         min_scale = math.inf
         for name, (shape, dtype) in expected.items():
             t = f.get_slice(name)
@@ -273,6 +332,15 @@ def _kv_alternatives(expected: dict) -> dict:
             for alt in ("k_cache_scaling_factor", "v_cache_scaling_factor", "kv_cache_rcp_scaling_factor"):
                 out[name.replace("kv_cache_scaling_factor", alt)] = spec
     return out
+
+
+_KV_SCALES = (".k_cache_scaling_factor", ".v_cache_scaling_factor")
+
+
+def _kv_partner(name: str) -> str:
+    """The V cache scale of a K cache scale and vice versa."""
+    k, v = _KV_SCALES
+    return name.replace(k, v) if name.endswith(k) else name.replace(v, k)
 
 
 def _kv_from_k_and_v(name: str, names: set[str]) -> bool:

@@ -25,7 +25,7 @@ import warnings
 from pathlib import Path
 
 
-def _quiet_third_party_warnings() -> None:
+def quiet_third_party_warnings() -> None:
     # Megatron/DCP warn about Apex, TE and CPU tensors on every import; set
     # MINITRON_SHOW_WARNINGS=1 to see them.
     if os.environ.get("MINITRON_SHOW_WARNINGS") != "1":
@@ -393,7 +393,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from minitron.errors import MinitronError
 
-    _quiet_third_party_warnings()
+    quiet_third_party_warnings()
     args = parser().parse_args(argv)
     try:
         result = args.func(args)

@@ -7,14 +7,17 @@ against TensorRT-LLM 1.2's Llama format (deploy.trtllm_format) and recombined in
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
-from conftest import run_minitron, write_corpus
+from conftest import REPO, run_minitron, write_corpus, write_tiny_llama
 from deploy.export import ExportRequest, export
 from deploy.trtllm_format import merge_to_hf, validate_checkpoint
 from minitron.data import DataConfig
@@ -217,6 +220,80 @@ def test_validator_rejects_checkpoint_that_contradicts_config(tiny_hf, data, tmp
         validate_checkpoint(out)
 
 
+def _rewrite(ckpt, rank: int, drop: tuple[str, ...] = (), **config_changes) -> None:
+    """Edit an exported checkpoint in place: drop tensors from one rank file, change config.json."""
+    path = ckpt / f"rank{rank}.safetensors"
+    tensors = {k: v for k, v in load_file(path).items() if k not in drop}
+    save_file(tensors, path)
+    cfg = json.loads((ckpt / "config.json").read_text())
+    for key, value in config_changes.items():
+        target = cfg["quantization"] if key == "exclude_modules" else cfg
+        target[key] = value
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+
+
+def test_validator_follows_trtllm_rules(tiny_hf, data, tmp_path):
+    """TensorRT-LLM 1.2's load-time rules that a shape check alone would miss."""
+    fp8 = tmp_path / "fp8"
+    _export(tiny_hf, fp8, data, format="trtllm", dtype="fp8", kv_cache_fp8=True)
+    work = tmp_path / "work"
+
+    def variant(**changes):
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.copytree(fp8, work)
+        _rewrite(work, 0, **changes)
+        return work
+
+    # exclude_modules null = quantize_layers' default list, which keeps lm_head in BF16 too
+    assert validate_checkpoint(variant(exclude_modules=None))["quant_algo"] == "FP8"
+    with pytest.raises(MinitronError, match="versions read differently"):
+        validate_checkpoint(variant(exclude_modules=[]))
+    # a missing lm_head is tied at build time only where shapes and dtypes agree
+    assert validate_checkpoint(variant(drop=("lm_head.weight",)))["tensors_per_rank"][0] > 0
+    with pytest.raises(MinitronError, match="can tie it to vocab_embedding only"):
+        validate_checkpoint(variant(drop=("lm_head.weight",), exclude_modules=["*dense"]))
+    # a K cache scale without its V partner trips an assert in TensorRT-LLM's preprocess_weights
+    with pytest.raises(MinitronError, match="k_cache_scaling_factor without .*v_cache_scaling_factor"):
+        validate_checkpoint(variant(drop=("transformer.layers.2.attention.v_cache_scaling_factor",)))
+    # fields that add tensors or change the math are refused unless at plain-Llama values
+    for key, value in (("attn_bias", True), ("residual_mlp", True), ("embedding_multiplier", 12.0),
+                       ("moe", {"num_experts": 8, "top_k": 2})):
+        with pytest.raises(MinitronError, match="plain Llama|mixture of experts"):
+            validate_checkpoint(variant(**{key: value}))
+    with pytest.raises(MinitronError, match="cp_size = 2 is not supported"):
+        validate_checkpoint(variant(mapping={"world_size": 1, "tp_size": 1, "pp_size": 1, "cp_size": 2}))
+
+
+@pytest.mark.parametrize("partition", [None, [1, 1, 2]])
+def test_validator_uneven_pipeline_split(tiny_hf, data, tmp_path, partition):
+    """Mapping.pp_layers: pp_partition when given, else torch.tensor_split (4 layers / 3 = 2, 1, 1)."""
+    one = tmp_path / "pp1"
+    _export(tiny_hf, one, data, format="trtllm", dtype="bf16")
+    sizes = partition or [2, 1, 1]
+    full, three = load_file(one / "rank0.safetensors"), tmp_path / "pp3"
+    three.mkdir()
+    first = 0
+    for rank, size in enumerate(sizes):
+        shard = {k.replace(f"layers.{first + i}.", f"layers.{i}."): v for i in range(size)
+                 for k, v in full.items() if f"layers.{first + i}." in k}
+        if rank == 0:
+            shard["transformer.vocab_embedding.weight"] = full["transformer.vocab_embedding.weight"]
+        if rank == len(sizes) - 1:
+            shard.update({k: full[k] for k in ("transformer.ln_f.weight", "lm_head.weight")})
+        save_file(shard, three / f"rank{rank}.safetensors")
+        first += size
+    cfg = json.loads((one / "config.json").read_text())
+    cfg["mapping"] = {"world_size": 3, "tp_size": 1, "pp_size": 3, **({"pp_partition": partition} if partition else {})}
+    (three / "config.json").write_text(json.dumps(cfg))
+    assert validate_checkpoint(three)["tensors_per_rank"] == [1 + 7 * sizes[0], 7 * sizes[1], 2 + 7 * sizes[2]]
+    got, ref = merge_to_hf(three), merge_to_hf(one)
+    assert set(got) == set(ref) and all(torch.equal(got[k], ref[k]) for k in ref)
+    cfg["mapping"] = {**cfg["mapping"], "pp_partition": [2, 2, 0]}
+    (three / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(MinitronError, match="pp_partition"):
+        validate_checkpoint(three)
+
+
 # ---- CLI and build-engine ---------------------------------------------------------------------
 def test_cli_build_engine_without_gpu_writes_checkpoint_then_stops(tiny_hf, tmp_path):
     from deploy.engine import unavailable_reason
@@ -234,6 +311,51 @@ def test_cli_build_engine_without_gpu_writes_checkpoint_then_stops(tiny_hf, tmp_
     assert len(lines) == 1 and "engine not built" in lines[0] and "Traceback" not in result.stderr
     assert validate_checkpoint(ckpt)["quant_algo"] == "FP8"
     assert not (tmp_path / "ckpt-engine").exists()
+
+
+def test_bench_trtllm_without_gpu_writes_checkpoints_then_stops(tiny_hf, tmp_path):
+    """benchmarks/bench_trtllm.py: teacher + a pruned-shaped student x BF16/FP8 checkpoints, then exit 3."""
+    from deploy.engine import unavailable_reason
+
+    if unavailable_reason() is None:
+        pytest.skip("TensorRT-LLM 1.2 and a GPU are here: the bench would build and measure engines")
+    student = write_tiny_llama(tmp_path / "student", hidden_size=48, intermediate_size=64, num_hidden_layers=2)
+    corpus = write_corpus(tmp_path / "corpus.txt")
+    out = tmp_path / "bench"
+    cmd = [sys.executable, str(REPO / "benchmarks/bench_trtllm.py"), "--model", f"teacher={tiny_hf}",
+           "--model", f"width={student}", "--data-source", str(corpus), "--calib-samples", "4",
+           "--prompt-tokens", "8", "--new-tokens", "4", "--output", str(out)]
+    env = {**os.environ, "MINITRON_CACHE": str(tmp_path / "cache")}
+    for attempt in range(2):  # the second run reuses the checkpoints
+        result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
+        assert result.returncode == 3, result.stderr[-2000:]
+        errors = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+        assert len(errors) == 1 and "engines not built" in errors[0] and "4 checkpoints" in errors[0]
+        if attempt == 0:
+            stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/checkpoint/export.json")}
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/checkpoint/export.json")} == stamps
+    for name, layers in (("teacher", 4), ("width", 2)):
+        for dtype, algo in (("bf16", None), ("fp8", "FP8")):
+            ckpt = out / f"{name}-{dtype}" / "checkpoint"
+            assert validate_checkpoint(ckpt)["quant_algo"] == algo
+            assert json.loads((ckpt / "config.json").read_text())["num_hidden_layers"] == layers
+    assert not list(out.glob("*/engine"))
+    plan = json.loads((out / "plan.json").read_text())
+    assert [(e["model"], e["dtype"]) for e in plan["entries"]] == [
+        ("teacher", "bf16"), ("teacher", "fp8"), ("width", "bf16"), ("width", "fp8")]
+    assert plan["end_id"] == 2 and plan["settings"]["prompt_tokens"] == 8
+    # the prompts are the held-out test split's first tokens, B rows of P
+    from minitron.evaluation.perplexity import split_tokens
+
+    data = DataConfig(source=str(corpus), cache_dir=str(tmp_path / "cache-test"))
+    held_out = split_tokens(data, tiny_hf, "test", max_tokens=64)
+    prompts = load_file(out / "prompts.safetensors")
+    assert sorted(prompts) == ["batch_1", "batch_8"] and prompts["batch_8"].dtype == torch.int32
+    assert torch.equal(prompts["batch_8"].long(), held_out[:64].view(8, 8))
+    # phase 2 alone (what the GPU machine runs) stops the same way
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks/bench_trtllm.py"), "--plan", str(out)],
+                            capture_output=True, text=True, env=env, cwd=REPO)
+    assert result.returncode == 3 and "--plan" in result.stderr.splitlines()[-1]
 
 
 def test_cli_export_prints_summary(tiny_hf, tmp_path):

@@ -40,7 +40,7 @@ class Chunk:
 
     token_ids: list[int]
     text: str
-    finish_reason: str | None = None  # "stop" (EOS or a stop string) or "length" (max_tokens)
+    finish_reason: str | None = None  # "stop" (EOS or a stop string), "length" (max_tokens) or "abort" (cut short)
 
 
 class Backend(Protocol):

@@ -7,15 +7,22 @@
 
 TensorRT-LLM schedules requests itself (in-flight batching, paged KV cache), so every request is simply
 handed to ``LLM.generate_async(..., streaming=True)``; stop strings and detokenization are its own.
+Unlike the PyTorch backend, which matches stop strings in the decoded text, TensorRT-LLM turns them
+into token-id sequences, so a stop string that tokenizes differently in context can be missed.
 """
 
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 from deploy.serving.backend import Chunk, HFTokenizerMixin, SamplingParams
 from minitron.errors import MinitronError
+
+
+#: TensorRT-LLM's finish reasons -> ours (EOS and stop words are both "stop"; cut short is "abort").
+FINISH_REASONS = {"stop": "stop", "length": "length", "cancelled": "abort", "timeout": "abort"}
 
 
 def is_engine_dir(path: Path) -> bool:
@@ -73,7 +80,10 @@ class TensorRTLLMBackend(HFTokenizerMixin):
             sampling = dict(top_k=1, top_p=None, temperature=None)
         else:
             sampling = dict(top_k=params.top_k or None, top_p=params.top_p, temperature=params.temperature)
-        return TllmSamplingParams(max_tokens=params.max_tokens, seed=params.seed, stop=list(params.stop) or None,
+        # TensorRT-LLM's seed None means its runtime default 0 for every request: identical prompts
+        # would sample identically. Unseeded requests get a fresh seed, as on the PyTorch backend.
+        seed = params.seed if params.seed is not None else random.getrandbits(63)
+        return TllmSamplingParams(max_tokens=params.max_tokens, seed=seed, stop=list(params.stop) or None,
                                   **sampling)
 
     async def stream(self, prompt_ids: list[int], params: SamplingParams):
@@ -82,9 +92,8 @@ class TensorRTLLMBackend(HFTokenizerMixin):
         try:
             async for output in result:
                 completion = output.outputs[0]
-                finish = (completion.finish_reason or "stop") if output.finished else None
-                yield Chunk(list(completion.token_ids_diff), completion.text_diff,
-                            "length" if finish == "length" else finish and "stop")
+                finish = FINISH_REASONS.get(completion.finish_reason, "stop") if output.finished else None
+                yield Chunk(list(completion.token_ids_diff), completion.text_diff, finish)
         finally:
             if not result.finished:
                 result.abort()  # the consumer went away: free the sequence's KV cache blocks
