@@ -87,17 +87,18 @@ EXPORT_ARGS   ?=
 EXPORT_NAME    = $(if $(findstring embedded:,$(EXPORT_MODEL)),smollm2-135m-instruct,$(notdir $(patsubst %/hf,%,$(EXPORT_MODEL))))
 EXPORT_DIR    ?= runs/export/$(EXPORT_NAME)-$(EXPORT_FORMAT)-$(EXPORT_DTYPE)
 ENGINE_DIR    ?= $(EXPORT_DIR)-engine
-ENGINE_ARGS   ?= --max-batch-size 8 --max-input-len 1024 --max-seq-len 2048
+ENGINE_ARGS   ?=
 
 export: setup
 	@if [ -f $(EXPORT_DIR)/export.json ]; then echo "$(EXPORT_DIR) exists (remove it to export again)"; else \
-	  $(MINITRON) export --model $(EXPORT_MODEL) --format $(EXPORT_FORMAT) --dtype $(EXPORT_DTYPE) \
-	    --output $(EXPORT_DIR) $(EXPORT_ARGS); fi
+	  $(MINITRON) export --config $(RECIPE) --model $(EXPORT_MODEL) --format $(EXPORT_FORMAT) \
+	    --dtype $(EXPORT_DTYPE) --output $(EXPORT_DIR) $(EXPORT_ARGS); fi
 
-# Exit status 3 (one line, no traceback) where there is no GPU / TensorRT-LLM 1.2: the checkpoint is valid.
+# Lengths, TP/PP and calibration come from the recipe's `deploy` section (ENGINE_ARGS="--max-seq-len N" to
+# override). Exit status 3 (one line, no traceback) where there is no GPU / TensorRT-LLM 1.2: the checkpoint is valid.
 build-engine: EXPORT_FORMAT = trtllm
 build-engine: export
-	$(MINITRON) build-engine --checkpoint $(EXPORT_DIR) --output $(ENGINE_DIR) $(ENGINE_ARGS)
+	$(MINITRON) build-engine --config $(RECIPE) --checkpoint $(EXPORT_DIR) --output $(ENGINE_DIR) $(ENGINE_ARGS)
 
 bench-fp8: setup
 	$(PY) benchmarks/bench_fp8.py $(ARGS)

@@ -7,7 +7,8 @@
 
 Phase 1 (any machine, CPU too), into --output:
   * a TensorRT-LLM checkpoint per model x dtype by Model Optimizer (``minitron export --format trtllm``;
-    FP8 = post-training quantization calibrated on the train split), validated, reused when present;
+    FP8 = post-training quantization calibrated on the train split as the recipe's ``deploy`` section
+    says), validated, reused when present;
   * the prompts: B x P tokens of the held-out test split per batch size (the recipe's
     ``eval.throughput`` settings, as in the CPU speed table), in prompts.safetensors;
   * plan.json (settings, checkpoints relative to --output, the EOS id).
@@ -55,25 +56,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--prompt-tokens", type=int)
     p.add_argument("--new-tokens", type=int)
     p.add_argument("--repeats", type=int)
-    p.add_argument("--calib-samples", type=int, default=64)
+    p.add_argument("--calib-samples", type=int, help="FP8 calibration samples (default: the recipe's deploy section)")
     p.add_argument("--output", default=str(REPO / "runs/bench/trtllm"))
     p.add_argument("--plan", metavar="DIR", help="skip phase 1: build and measure what an earlier run planned "
                    "in DIR (its --output; the folder can be moved to the GPU machine)")
     return p.parse_args(argv)
 
 
-def select_models(args) -> tuple[dict[str, Path], object, object]:
-    """(name -> HF folder, data config, throughput settings) from the recipe and/or --model."""
+def select_models(args) -> tuple[dict[str, Path], object, object, object]:
+    """(name -> HF folder, data, throughput and deploy settings) from the recipe and/or --model."""
+    from deploy.config import DeployConfig
     from minitron import config
     from minitron.data import DataConfig
     from minitron.evaluation.config import ThroughputSection
     from minitron.recipe import Recipe
     from minitron.stages.evaluate import run_models
 
-    models, data, speed = {}, DataConfig(), ThroughputSection()
+    models, data, speed, deploy = {}, DataConfig(), ThroughputSection(), DeployConfig()
     if args.config:
         recipe = config.load(Recipe, args.config, args.overrides)
-        data, speed = recipe.data, recipe.eval.throughput
+        data, speed, deploy = recipe.data, recipe.eval.throughput, recipe.deploy
         produced = run_models(recipe)
         wanted = args.models.split(",") if args.models else [n for n in produced if n == "teacher"
                                                                or n.endswith("-distilled")]
@@ -90,6 +92,8 @@ def select_models(args) -> tuple[dict[str, Path], object, object]:
         raise MinitronError("nothing to measure: pass --config RECIPE (after its distill stage) or --model NAME=HF_DIR")
     if args.data_source:
         data.source = args.data_source
+    if args.calib_samples is not None:
+        deploy.calib_samples = args.calib_samples
     for key in ("prompt_tokens", "new_tokens", "repeats"):
         if getattr(args, key) is not None:
             setattr(speed, key, getattr(args, key))
@@ -102,10 +106,10 @@ def select_models(args) -> tuple[dict[str, Path], object, object]:
                                 if speed.new_tokens < 2 else [])
     if problems:
         raise MinitronError("; ".join(problems))
-    return models, data, speed
+    return models, data, speed, deploy
 
 
-def export_checkpoint(hf_dir: Path, out: Path, dtype: str, data, calib_samples: int) -> dict:
+def export_checkpoint(hf_dir: Path, out: Path, dtype: str, data, deploy) -> dict:
     """A validated TensorRT-LLM checkpoint of hf_dir; an earlier export of the same source is reused."""
     from deploy.export import ExportRequest, export
     from deploy.trtllm_format import validate_checkpoint
@@ -114,7 +118,8 @@ def export_checkpoint(hf_dir: Path, out: Path, dtype: str, data, calib_samples: 
     if done.is_file() and json.loads(done.read_text()).get("source") == str(hf_dir):
         return validate_checkpoint(out)
     return export(ExportRequest(model=str(hf_dir), output=str(out), format="trtllm", dtype=dtype,
-                                calib_samples=calib_samples, data=data))["checkpoint"]
+                                calib_samples=deploy.calib_samples, calib_seq_length=deploy.calib_seq_length,
+                                calib_batch_size=deploy.calib_batch_size, data=data))["checkpoint"]
 
 
 def prepare(args) -> Path:
@@ -125,7 +130,7 @@ def prepare(args) -> Path:
     from minitron.evaluation.throughput import prompts as cut_prompts
     from minitron.io import write_json_atomic
 
-    models, data, speed = select_models(args)
+    models, data, speed, deploy = select_models(args)
     dtypes = args.dtypes.split(",")
     if not set(dtypes) <= {"bf16", "fp8"}:
         raise MinitronError(f"--dtypes {args.dtypes!r}: only bf16 and fp8")
@@ -135,7 +140,7 @@ def prepare(args) -> Path:
         for dtype in dtypes:
             ckpt = out / f"{name}-{dtype}" / "checkpoint"
             ckpt.parent.mkdir(parents=True, exist_ok=True)
-            summary = export_checkpoint(hf_dir, ckpt, dtype, data, args.calib_samples)
+            summary = export_checkpoint(hf_dir, ckpt, dtype, data, deploy)
             entries.append({"model": name, "dtype": dtype, "checkpoint": str(ckpt.relative_to(out))})
             print(f"[bench-trtllm] {name} {dtype}: checkpoint {ckpt} ({summary['tensors_per_rank'][0]} tensors)")
     tokenizer_dir = next(iter(models.values()))

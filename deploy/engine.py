@@ -50,8 +50,9 @@ def build_engine(req: EngineRequest) -> dict:
     if reason:
         raise EngineUnavailable(f"engine not built: {reason}; the checkpoint {req.checkpoint} is valid "
                                 f"({checkpoint['dtype']}, quant {checkpoint['quant_algo']}, tp {checkpoint['tp']} "
-                                f"pp {checkpoint['pp']}): run this command in the TensorRT-LLM 1.2 container "
-                                "on a GPU machine (deploy/gpu_checks.sh)")
+                                f"pp {checkpoint['pp']}; engine max_batch_size {req.max_batch_size} max_input_len "
+                                f"{req.max_input_len} max_seq_len {req.max_seq_len}): run this command in the "
+                                "TensorRT-LLM 1.2 container on a GPU machine (deploy/gpu_checks.sh)")
     with atomic_output_dir(req.output) as tmp:
         command = trtllm_build_command(req, tmp)
         result = subprocess.run(command, capture_output=True, text=True)

@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -236,26 +237,37 @@ def cmd_export(args) -> dict:
 
 
 def _export_request(args, output: str, fmt: str):
-    """What `export` and `build-engine --model` ask Model Optimizer for (the flags of _add_export_args)."""
+    """What `export` and `build-engine --model` ask Model Optimizer for: the recipe's `deploy` and `data`
+    sections (defaults without --config) with the flags of _add_export_args on top."""
     from deploy.export import ExportRequest
 
-    return ExportRequest(model=args.model, output=output, format=fmt, dtype=args.dtype, tp=args.tp, pp=args.pp,
-                         calib_samples=args.calib_samples, calib_seq_length=args.calib_seq_length,
-                         calib_batch_size=args.calib_batch_size, kv_cache_fp8=args.kv_cache_fp8,
-                         data=_export_data_config(args))
+    deploy, data = _deploy_config(args)
+    return ExportRequest(model=args.model, output=output, format=fmt, dtype=deploy.dtype, tp=deploy.tp, pp=deploy.pp,
+                         calib_samples=deploy.calib_samples, calib_seq_length=deploy.calib_seq_length,
+                         calib_batch_size=deploy.calib_batch_size, kv_cache_fp8=deploy.kv_cache_fp8, data=data)
 
 
-def _export_data_config(args):
-    """Calibration text: the recipe's `data` section with --config, else the default corpus."""
+def _deploy_config(args):
+    """(DeployConfig, DataConfig): from --config's recipe or the defaults, overridden by the flags given."""
+    from deploy.config import DeployConfig
     from minitron import config
     from minitron.data import DataConfig
+    from minitron.errors import MinitronError
     from minitron.recipe import Recipe
 
-    recipe_path = getattr(args, "config", None)
-    data = config.load(Recipe, recipe_path, args.overrides).data if recipe_path else DataConfig()
+    if args.overrides and not args.config:
+        raise MinitronError(f"key=value overrides {args.overrides} need --config RECIPE")
+    recipe = config.load(Recipe, args.config, args.overrides) if args.config else None
+    deploy, data = (recipe.deploy, recipe.data) if recipe else (DeployConfig(), DataConfig())
+    for field in dataclasses.fields(DeployConfig):
+        if getattr(args, field.name, None) is not None:
+            setattr(deploy, field.name, getattr(args, field.name))
+    problems = deploy.check()
+    if problems:
+        raise MinitronError("; ".join(problems))
     if args.data_source:
         data.source = args.data_source
-    return data
+    return deploy, data
 
 
 def cmd_build_engine(args) -> dict:
@@ -272,23 +284,34 @@ def cmd_build_engine(args) -> dict:
         exported = export(_export_request(args, args.checkpoint, "trtllm"))
         print(f"checkpoint written: {args.checkpoint}", file=sys.stderr)
     output = args.output or str(Path(args.checkpoint).with_name(Path(args.checkpoint).name + "-engine"))
-    result = build_engine(EngineRequest(checkpoint=args.checkpoint, output=output, max_batch_size=args.max_batch_size,
-                                        max_input_len=args.max_input_len, max_seq_len=args.max_seq_len,
-                                        max_num_tokens=args.max_num_tokens, workers=args.workers))
+    deploy, _ = _deploy_config(args)
+    result = build_engine(EngineRequest(checkpoint=args.checkpoint, output=output, max_batch_size=deploy.max_batch_size,
+                                        max_input_len=deploy.max_input_len, max_seq_len=deploy.max_seq_len,
+                                        max_num_tokens=deploy.max_num_tokens, workers=args.workers))
     return {**result, "export": exported} if exported else result
 
 
 def _add_export_args(e, engine: bool) -> None:
+    """Flags shared by export and build-engine. Unset flags take the recipe's `deploy` section (--config)
+    or its defaults (deploy/config.py)."""
     e.add_argument("--model", required=not engine, help="HF checkpoint folder, .gguf or embedded:<name>"
                    + ("; exports to --checkpoint first" if engine else ""))
-    e.add_argument("--dtype", choices=["bf16", "fp8"], default="bf16", help="fp8: Model Optimizer FP8 PTQ")
-    e.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks (trtllm only)")
-    e.add_argument("--pp", type=int, default=1, help="pipeline-parallel ranks (trtllm only)")
-    e.add_argument("--calib-samples", type=int, default=64, help="FP8 calibration samples from the train split")
-    e.add_argument("--calib-seq-length", type=int, default=512, help="tokens per calibration sample")
-    e.add_argument("--calib-batch-size", type=int, default=4, help="calibration samples per forward pass")
-    e.add_argument("--kv-cache-fp8", action="store_true", help="also calibrate an FP8 KV cache")
+    e.add_argument("--config", default=None, help="recipe YAML: its `deploy` section gives the defaults below, "
+                   "its `data` section the calibration text")
+    e.add_argument("overrides", nargs="*", help="key=value recipe overrides (with --config), e.g. deploy.tp=2")
+    e.add_argument("--dtype", choices=["bf16", "fp8"], default=None, help="fp8: Model Optimizer FP8 PTQ (default)")
+    e.add_argument("--tp", type=int, default=None, help="tensor-parallel ranks (trtllm only; default 1)")
+    e.add_argument("--pp", type=int, default=None, help="pipeline-parallel ranks (trtllm only; default 1)")
+    e.add_argument("--calib-samples", type=int, default=None, help="FP8 calibration samples, train split (64)")
+    e.add_argument("--calib-seq-length", type=int, default=None, help="tokens per calibration sample (512)")
+    e.add_argument("--calib-batch-size", type=int, default=None, help="calibration samples per forward pass (4)")
+    e.add_argument("--kv-cache-fp8", action="store_true", default=None, help="also calibrate an FP8 KV cache")
     e.add_argument("--data-source", default=None, help="calibration text (default: the recipe's or embedded corpus)")
+    if engine:
+        e.add_argument("--max-batch-size", type=int, default=None, help="engine batch limit (8)")
+        e.add_argument("--max-input-len", type=int, default=None, help="longest prompt in tokens (1024)")
+        e.add_argument("--max-seq-len", type=int, default=None, help="longest prompt + output (2048)")
+        e.add_argument("--max-num-tokens", type=int, default=None, help="tokens per scheduled batch")
 
 
 def _write_summary(out: Path, summary: dict) -> None:
@@ -336,8 +359,6 @@ def parser() -> argparse.ArgumentParser:
     _add_export_args(e, engine=False)
     e.add_argument("--format", choices=["hf", "trtllm"], default="trtllm")
     e.add_argument("--output", required=True, help="target folder (must not exist or be empty)")
-    e.add_argument("--config", default=None, help="recipe YAML whose `data` section gives the calibration text")
-    e.add_argument("overrides", nargs="*", help="key=value recipe overrides (with --config)")
     e.set_defaults(func=cmd_export)
 
     b = sub.add_parser("build-engine", help="TensorRT engine with trtllm-build (TensorRT-LLM 1.2; GPU); "
@@ -345,10 +366,6 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--checkpoint", required=True, help="TensorRT-LLM checkpoint folder (written first with --model)")
     _add_export_args(b, engine=True)
     b.add_argument("--output", default=None, help="engine folder (default: <checkpoint>-engine)")
-    b.add_argument("--max-batch-size", type=int, default=8)
-    b.add_argument("--max-input-len", type=int, default=1024)
-    b.add_argument("--max-seq-len", type=int, default=2048)
-    b.add_argument("--max-num-tokens", type=int, default=None)
     b.add_argument("--workers", type=int, default=1, help="parallel builds (one per rank on multi-GPU hosts)")
     b.set_defaults(func=cmd_build_engine)
 

@@ -1,7 +1,7 @@
 """The recipe: one YAML file that describes a whole compression run.
 
-Each section configures one stage; later stages (pruning, distillation, evaluation, export)
-add their own sections here.
+Each section configures one stage (import, pruning, distillation, evaluation) or command
+(`deploy`: export and build-engine).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 from conversion.verify import SAMPLE_TEXT
+from deploy.config import DeployConfig
 from minitron.config import at_least_one, doc
 from minitron.data.config import DataConfig
 from minitron.evaluation.config import EvalConfig
@@ -76,6 +77,8 @@ class Recipe:
               "the teacher of prune and distill")
     distill: Optional[TrainingStageConfig] = doc(None, "knowledge distillation of the pruned students")
     eval: EvalConfig = doc(EvalConfig, "evaluation of every model of the run: perplexity, lm-eval tasks, speed")
+    deploy: DeployConfig = doc(DeployConfig, "export and TensorRT engine settings of `minitron export` / "
+                                             "`minitron build-engine --config` (flags override them)")
 
     def check(self) -> list[str]:
         unknown = [s for s in self.stages if s not in STAGES]

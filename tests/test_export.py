@@ -313,6 +313,30 @@ def test_cli_build_engine_without_gpu_writes_checkpoint_then_stops(tiny_hf, tmp_
     assert not (tmp_path / "ckpt-engine").exists()
 
 
+def test_cli_takes_the_recipe_deploy_section_and_flags_override_it(tiny_hf, tmp_path):
+    from conftest import write_tiny_recipe
+    from deploy.engine import unavailable_reason
+
+    if unavailable_reason() is None:
+        pytest.skip("TensorRT-LLM 1.2 and a GPU are here: see the gpu test")
+    recipe = write_tiny_recipe(tmp_path, tiny_hf, "[import]", "[]", extra=(
+        "deploy: {dtype: fp8, tp: 2, calib_samples: 4, calib_seq_length: 16, max_batch_size: 3, "
+        "max_input_len: 32, max_seq_len: 64}\n"))
+    env = {"MINITRON_CACHE": str(tmp_path / "cache")}
+    ckpt = tmp_path / "ckpt"
+    result = run_minitron("build-engine", "--config", str(recipe), "--model", str(tiny_hf), "--checkpoint", str(ckpt),
+                          "--max-seq-len", "48", env_extra=env)
+    assert result.returncode == 3, result.stderr[-2000:]
+    assert "max_batch_size 3 max_input_len 32 max_seq_len 48" in result.stderr  # recipe, then the flag
+    summary = validate_checkpoint(ckpt)
+    assert (summary["tp"], summary["quant_algo"]) == (2, "FP8")
+    assert json.loads((ckpt / "export.json").read_text())["quantization"]["calibration_samples"] == 4
+    bad = run_minitron("export", "--config", str(recipe), "deploy.max_input_len=128", "--model", str(tiny_hf),
+                       "--output", str(tmp_path / "never"), env_extra=env)
+    assert bad.returncode == 2 and "deploy.max_input_len 128 exceeds deploy.max_seq_len 64" in bad.stderr
+    assert not (tmp_path / "never").exists()
+
+
 def test_bench_trtllm_without_gpu_writes_checkpoints_then_stops(tiny_hf, tmp_path):
     """benchmarks/bench_trtllm.py: teacher + a pruned-shaped student x BF16/FP8 checkpoints, then exit 3."""
     from deploy.engine import unavailable_reason
