@@ -240,34 +240,42 @@ def _export_request(args, output: str, fmt: str):
     """What `export` and `build-engine --model` ask Model Optimizer for: the recipe's `deploy` and `data`
     sections (defaults without --config) with the flags of _add_export_args on top."""
     from deploy.export import ExportRequest
+    from minitron.data import DataConfig
 
-    deploy, data = _deploy_config(args)
+    deploy, recipe = _deploy_config(args)
+    data = recipe.data if recipe else DataConfig()
+    if args.data_source:
+        data.source = args.data_source
     return ExportRequest(model=args.model, output=output, format=fmt, dtype=deploy.dtype, tp=deploy.tp, pp=deploy.pp,
                          calib_samples=deploy.calib_samples, calib_seq_length=deploy.calib_seq_length,
                          calib_batch_size=deploy.calib_batch_size, kv_cache_fp8=deploy.kv_cache_fp8, data=data)
 
 
 def _deploy_config(args):
-    """(DeployConfig, DataConfig): from --config's recipe or the defaults, overridden by the flags given."""
+    """(DeployConfig, recipe or None): --config's `deploy` section or the defaults, overridden by the flags.
+
+    Without --config nothing of the training stack is imported: `build-engine --checkpoint` must run in
+    the TensorRT-LLM container, which has no Megatron-Core.
+    """
     from deploy.config import DeployConfig
-    from minitron import config
-    from minitron.data import DataConfig
     from minitron.errors import MinitronError
-    from minitron.recipe import Recipe
 
     if args.overrides and not args.config:
         raise MinitronError(f"key=value overrides {args.overrides} need --config RECIPE")
-    recipe = config.load(Recipe, args.config, args.overrides) if args.config else None
-    deploy, data = (recipe.deploy, recipe.data) if recipe else (DeployConfig(), DataConfig())
+    recipe = None
+    if args.config:
+        from minitron import config
+        from minitron.recipe import Recipe
+
+        recipe = config.load(Recipe, args.config, args.overrides)
+    deploy = recipe.deploy if recipe else DeployConfig()
     for field in dataclasses.fields(DeployConfig):
         if getattr(args, field.name, None) is not None:
             setattr(deploy, field.name, getattr(args, field.name))
     problems = deploy.check()
     if problems:
         raise MinitronError("; ".join(problems))
-    if args.data_source:
-        data.source = args.data_source
-    return deploy, data
+    return deploy, recipe
 
 
 def cmd_build_engine(args) -> dict:

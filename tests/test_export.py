@@ -377,9 +377,28 @@ def test_bench_trtllm_without_gpu_writes_checkpoints_then_stops(tiny_hf, tmp_pat
     assert sorted(prompts) == ["batch_1", "batch_8"] and prompts["batch_8"].dtype == torch.int32
     assert torch.equal(prompts["batch_8"].long(), held_out[:64].view(8, 8))
     # phase 2 alone (what the GPU machine runs) stops the same way
-    result = subprocess.run([sys.executable, str(REPO / "benchmarks/bench_trtllm.py"), "--plan", str(out)],
-                            capture_output=True, text=True, env=env, cwd=REPO)
+    result = subprocess.run([sys.executable, "-X", "importtime", str(REPO / "benchmarks/bench_trtllm.py"), "--plan",
+                             str(out)], capture_output=True, text=True, env=env, cwd=REPO)
     assert result.returncode == 3 and "--plan" in result.stderr.splitlines()[-1]
+    assert _training_stack_imports(result.stderr) == set()  # the TensorRT-LLM container has none of it
+
+
+def _training_stack_imports(importtime_log: str) -> set[str]:
+    """Top-level packages of the training/serving stack in a `python -X importtime` log."""
+    imported = {line.rsplit("|", 1)[-1].strip() for line in importtime_log.splitlines()
+                if line.startswith("import time")}
+    return imported & {"megatron", "modelopt", "nemo", "pytriton", "lm_eval", "datasets"}
+
+
+def test_build_engine_from_a_checkpoint_needs_no_training_stack(tiny_hf, data, tmp_path):
+    """What runs in the TensorRT-LLM container (deploy/gpu_checks.sh) imports no Megatron or Model Optimizer."""
+    ckpt = tmp_path / "ckpt"
+    _export(tiny_hf, ckpt, data, format="trtllm", dtype="bf16")
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "minitron.cli", "build-engine", "--checkpoint",
+                             str(ckpt), "--max-seq-len", "64", "--max-input-len", "32"],
+                            capture_output=True, text=True, cwd=REPO)
+    assert result.returncode in (0, 3), result.stderr[-2000:]
+    assert _training_stack_imports(result.stderr) == set()
 
 
 def test_cli_export_prints_summary(tiny_hf, tmp_path):
