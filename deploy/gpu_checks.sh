@@ -11,6 +11,7 @@
 # 2) On the GPU machine, in the TensorRT-LLM 1.2 container (the last release line with trtllm-build):
 #      docker run --rm --gpus all -v "$PWD":/work -w /work nvcr.io/nvidia/tensorrt-llm/release:1.2.0 \
 #        bash deploy/gpu_checks.sh
+#    (or in the image of docker/Dockerfile.trtllm, which adds PyTriton for `minitron serve`)
 #    Only deploy/, minitron/, benchmarks/ and runs/ are used there (torch and safetensors come with
 #    the container); nothing is installed.
 set -euo pipefail
