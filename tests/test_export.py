@@ -57,6 +57,7 @@ def test_trtllm_bf16_recombines_exactly(tiny_hf, data, tmp_path, tp, pp):
     assert cfg["rotary_scaling"]["type"] == "llama3" and cfg["rotary_scaling"]["factor"] == 8.0
     assert cfg["rotary_scaling"]["original_max_position_embeddings"] == 8192
     assert cfg["quantization"]["quant_algo"] is None and "rank" not in cfg
+    assert cfg["logits_dtype"] == "float32"  # Model Optimizer writes float16
     ref, got = _hf_tensors(tiny_hf), merge_to_hf(out)
     assert set(got) == set(ref)
     for name, tensor in ref.items():
