@@ -188,7 +188,7 @@ def measure(engine: Path, prompts: dict, settings: dict, end_id: int) -> list[di
 
     rows = []
     for batch, ids in prompts.items():
-        inputs = list(ids.cuda())
+        inputs = [row.clone() for row in ids]  # int32 prompts on the CPU, as examples/run.py passes them
         seconds(inputs, new_tokens)  # warm-up
         first = statistics.median(seconds(inputs, 1) for _ in range(repeats))
         full = statistics.median(seconds(inputs, new_tokens) for _ in range(repeats))
