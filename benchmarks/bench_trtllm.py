@@ -70,7 +70,7 @@ def select_models(args) -> tuple[dict[str, Path], object, object, object]:
     from minitron.data import DataConfig
     from minitron.evaluation.config import ThroughputSection
     from minitron.recipe import Recipe
-    from minitron.stages.evaluate import run_models
+    from minitron.stages.evaluate import named_model, run_models
 
     models, data, speed, deploy = {}, DataConfig(), ThroughputSection(), DeployConfig()
     if args.config:
@@ -83,11 +83,7 @@ def select_models(args) -> tuple[dict[str, Path], object, object, object]:
         if missing:
             raise MinitronError(f"--models {missing}: not produced by {args.config} (it has {list(produced)})")
         models = {n: produced[n] for n in wanted}
-    for spec in args.model:
-        name, _, path = spec.partition("=")
-        if not name or not (Path(path) / "config.json").is_file():
-            raise MinitronError(f"--model {spec!r} must be NAME=HF_DIR with a config.json in HF_DIR")
-        models[name] = Path(path)
+    models.update(named_model(spec, "--model") for spec in args.model)
     if not models:
         raise MinitronError("nothing to measure: pass --config RECIPE (after its distill stage) or --model NAME=HF_DIR")
     if args.data_source:
@@ -145,8 +141,10 @@ def prepare(args) -> Path:
             print(f"[bench-trtllm] {name} {dtype}: checkpoint {ckpt} ({summary['tensors_per_rank'][0]} tensors)")
     tokenizer_dir = next(iter(models.values()))
     tokens = split_tokens(data, tokenizer_dir, "test", max_tokens=max(speed.batch_sizes) * speed.prompt_tokens)
+    partial = out / "prompts.safetensors.partial"  # renamed into place: never a half-written file
     save_file({f"batch_{b}": cut_prompts(tokens, b, speed.prompt_tokens).to(torch.int32).contiguous()
-               for b in speed.batch_sizes}, out / "prompts.safetensors")
+               for b in speed.batch_sizes}, partial)
+    partial.replace(out / "prompts.safetensors")
     eos = json.loads((tokenizer_dir / "config.json").read_text()).get("eos_token_id") or 0
     write_json_atomic(out / "plan.json", {"settings": asdict(speed), "entries": entries,
                                            "end_id": eos[0] if isinstance(eos, list) else eos,

@@ -41,15 +41,19 @@ def run_models(recipe: Recipe) -> dict[str, Path]:
         if missing:
             raise MinitronError(f"eval.models: {missing} not produced yet; run their stages first")
         models = {m: models[m] for m in wanted}
-    for spec in recipe.eval.extra_models:
-        name, _, path = spec.partition("=")
-        if not name or not (Path(path) / "config.json").is_file():
-            raise MinitronError(f"eval.extra_models: {spec!r} must be NAME=HF_DIR with a config.json in HF_DIR")
-        models[name] = Path(path)
+    models.update(named_model(spec, "eval.extra_models") for spec in recipe.eval.extra_models)
     if not models:
         raise MinitronError(f"run {recipe.name!r} has no model yet under {recipe.stage_dir('')}; "
                             "run the import stage first (minitron run --config ...)")
     return models
+
+
+def named_model(spec: str, source: str) -> tuple[str, Path]:
+    """``NAME=HF_DIR`` -> (name, folder), checked; `source` names the option in the error."""
+    name, _, path = spec.partition("=")
+    if not name or not (Path(path) / "config.json").is_file():
+        raise MinitronError(f"{source}: {spec!r} must be NAME=HF_DIR with a config.json in HF_DIR")
+    return name, Path(path)
 
 
 def run(recipe: Recipe, out: Path, work: Path) -> dict:
