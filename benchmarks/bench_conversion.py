@@ -17,8 +17,8 @@ from pathlib import Path
 CHILD = """
 import json, resource, sys, time, warnings
 warnings.filterwarnings("ignore")
-from conversion.convert import hf_to_nemo, nemo_to_hf
-from conversion.gguf_to_hf import gguf_to_hf, fetch_default_gguf
+from minitron.conversion.convert import hf_to_nemo, nemo_to_hf
+from minitron.conversion.gguf_to_hf import gguf_to_hf, fetch_default_gguf
 import megatron.core, transformers, torch.distributed.checkpoint  # noqa: F401  (count imports in the baseline)
 step, src, dst = sys.argv[1:4]
 baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -33,12 +33,9 @@ RECIPE = REPO / "recipes/smollm2-135m_minitron_cpu.yaml"
 
 
 def recipe(out: Path, *overrides: str):
-    from minitron import config
-    from minitron.recipe import Recipe
+    from minitron.recipe import load_recipe
 
-    r = config.load(Recipe, RECIPE, list(overrides))
-    r.output_root = str(out / "runs")
-    return r
+    return load_recipe(RECIPE, list(overrides), output=str(out / "runs"))
 
 
 def pruned_width(out: Path):
@@ -50,20 +47,22 @@ def pruned_width(out: Path):
 
 
 def job_for(r, out: Path, name: str, teacher: bool, **train):
-    from minitron.pipeline import read_summary
-    from minitron.stages.train_model import load_train_config, teacher_nemo
+    from minitron.run_folder import RunFolder
     from minitron.training.loop import TrainJob
 
-    cfg = dataclasses.replace(load_train_config(r.distill), **train)
-    return TrainJob(student=read_summary(r, "prune-width")["nemo"],
-                    teacher=str(teacher_nemo(r)) if teacher else None, output=str(out / name),
-                    data=dataclasses.asdict(r.data), train=dataclasses.asdict(cfg))
+    folder = RunFolder(r)
+    cfg = dataclasses.replace(r.distill.train_config(), **train)
+    return TrainJob(student=folder.summary("prune-width")["nemo"],
+                    teacher=str(folder.teacher_nemo()) if teacher else None, output=str(out / name),
+                    data=dataclasses.replace(r.data), train=cfg)
 
 
 def torchrun(job, nproc: int, path: Path) -> list[dict]:
-    job.save(path)
+    from minitron import config
+
+    config.save(job, path)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "minitron.cli", "train-job", str(path)]
+           "-m", "minitron.training.loop", str(path)]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     if proc.returncode:
         sys.exit(f"{path.name} failed:\n{proc.stderr[-3000:]}")
@@ -79,7 +78,7 @@ def exact_parallelism(r, out: Path, lr: float) -> dict:
         job = job_for(r, out, f"parallel-{name}-lr{lr:g}", True,
                       **{**short, "micro_batch_size": 1 if name == "TP1-micro1" else 2})
         job.tensor_parallel, job.pipeline_parallel = tp, pp
-        job.data["seq_length"] = 64
+        job.data.seq_length = 64
         curves[name] = [m["loss"] for m in torchrun(job, tp * pp * dp, out / f"job-{name}.json")]
         print(f"  {name}: " + " ".join(f"{x:.5f}" for x in curves[name]), flush=True)
     ref = curves["TP1"]
@@ -107,19 +106,19 @@ def throughput(r, out: Path) -> dict:
 
 def recovery(r, out: Path, mix: bool = True) -> dict:
     from minitron import pipeline
-    from minitron.pipeline import read_summary
+    from minitron.run_folder import RunFolder
     from minitron.training.loop import train
 
     start = time.perf_counter()
     pipeline.run(recipe(out, f"stages=[{', '.join(r.stages)}]", "prune.only=[width]", "distill.students=[width]"))
     kd_seconds = time.perf_counter() - start
-    kd = read_summary(r, "distill-width")
+    kd = RunFolder(r).summary("distill-width")
     start = time.perf_counter()
     lm = train(job_for(r, out, "lm-baseline", False))
     lm_seconds = time.perf_counter() - start
     if mix:
         mix_job = job_for(r, out, "kd-lm-mix", True)
-        mix_job.train["kd"]["lm_loss"] = True  # KD plus the student's own LM loss (balanced by Model Optimizer)
+        mix_job.train.kd.lm_loss = True  # KD plus the student's own LM loss (balanced by Model Optimizer)
         train(mix_job)
     pruned, teacher = kd["pruned_validation_loss"], kd["teacher_validation_loss"]
     gap = pruned - teacher
@@ -134,22 +133,22 @@ def heldout(r, out: Path) -> dict:
     """Teacher, pruned, KD and LM students on the same held-out tokens (the prune stage's validation set)."""
     import torch
 
-    from conversion.convert import load_megatron_from_nemo
+    from minitron.conversion.convert import load_megatron_from_nemo
     from minitron import data
-    from minitron.pipeline import read_summary
+    from minitron.run_folder import RunFolder
     from minitron.runtime import distributed
     from minitron.runtime.inference import lm_loss
-    from minitron.stages import import_model
 
-    prepared = data.prepare(r.data, import_model.outputs(r)["hf"])
+    folder = RunFolder(r)
+    prepared = data.prepare(r.data, folder.imported_teacher()["hf"])
     rows = torch.stack(list(data.samples(prepared, "validation", r.data.seq_length, r.prune.validation_samples)))
     batches = [rows[i:i + 8] for i in range(0, len(rows), 8)]
     distributed.initialize(1, 1)
-    corrected = r.stage_dir("teacher_correction") / "nemo"
-    models = {"teacher": import_model.outputs(r)["nemo"],
+    corrected = folder.stage_dir("teacher_correction") / "nemo"
+    models = {"teacher": folder.imported_teacher()["nemo"],
               **({"teacher-corrected": corrected} if "teacher_correction" in r.stages else {}),
-              "pruned": read_summary(r, "prune-width")["nemo"],
-              "kd": read_summary(r, "distill-width")["nemo"], "lm": out / "lm-baseline/nemo",
+              "pruned": folder.summary("prune-width")["nemo"],
+              "kd": folder.summary("distill-width")["nemo"], "lm": out / "lm-baseline/nemo",
               "kd+lm": out / "kd-lm-mix/nemo"}
     models = {k: v for k, v in models.items() if Path(v).exists()}
     losses = {k: lm_loss(load_megatron_from_nemo(v, dtype=torch.float32)[0].eval(), batches) for k, v in models.items()}

@@ -51,7 +51,7 @@ def measure(model, tokens, args) -> dict:
 
 
 def fp8_row(hf_dir, calib, tokens, args, kv_cache: bool) -> dict:
-    from deploy.quantize import load_llama, quantize_fp8
+    from minitron.deploy.quantize import load_llama, quantize_fp8
 
     model, _ = load_llama(hf_dir, torch.bfloat16)
     quant = quantize_fp8(model, calib, batch_size=4, kv_cache=kv_cache)
@@ -61,7 +61,7 @@ def fp8_row(hf_dir, calib, tokens, args, kv_cache: bool) -> dict:
 def main() -> int:
     warnings.filterwarnings("ignore")
     args = parse_args()
-    from deploy.quantize import calibration_tokens, load_llama
+    from minitron.deploy.quantize import calibration_tokens, load_llama
     from minitron.data import DataConfig
     from minitron.evaluation.perplexity import split_tokens
     from minitron.models import resolve_hf_source

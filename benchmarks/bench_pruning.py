@@ -13,7 +13,6 @@ Writes bench_pruning.json and bench_pruning.png into the output folder.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import subprocess
 import sys
@@ -33,21 +32,22 @@ DEPTH = dict(num_layers=16)
 def method_comparison(out: Path) -> tuple[list[dict], dict]:
     from safetensors.torch import load_file
 
-    from minitron import config, pipeline
+    from minitron import pipeline
     from minitron.pruning import importance as imp
     from minitron.pruning.config import StudentConfig
     from minitron.pruning.prune import PruneJob, _load_teacher, _minitron_config, run_job
-    from minitron.recipe import Recipe
+    from minitron.recipe import load_recipe
+    from minitron.run_folder import RunFolder
     from minitron.runtime.inference import forward_only
-    from minitron.stages import import_model, prune_student
+    from minitron.stages import prune as prune_stage
 
-    recipe = config.load(Recipe, RECIPE, ["stages=[import]"])
-    recipe.output_root = str(out / "runs")
+    recipe = load_recipe(RECIPE, ["stages=[import]"], output=str(out / "runs"))
     pipeline.run(recipe)
-    teacher = import_model.outputs(recipe)["nemo"]
+    folder = RunFolder(recipe)
+    teacher = folder.imported_teacher()["nemo"]
     tokens = out / "tokens.safetensors"
-    digest = prune_student.write_tokens(recipe, import_model.outputs(recipe)["hf"], tokens)
-    scores = prune_student.scores_dir(recipe, teacher, digest)
+    digest = prune_stage.write_tokens(recipe, folder.imported_teacher()["hf"], tokens)
+    scores = prune_stage.scores_dir(folder, teacher, digest)
     scores.parent.mkdir(parents=True, exist_ok=True)
 
     variants = [("width", dict(WIDTH, importance=m)) for m in ("activation", "magnitude", "random")]
@@ -57,8 +57,7 @@ def method_comparison(out: Path) -> tuple[list[dict], dict]:
         label = f"{kind}/{student.get('importance', student.get('depth_method'))}"
         job = PruneJob(teacher=str(teacher), output=str(out / "students" / label.replace("/", "-")),
                        scores=str(scores), tokens=str(tokens),
-                       student=dataclasses.asdict(StudentConfig(name=label, **student)),
-                       prune=dataclasses.asdict(recipe.prune))
+                       student=StudentConfig(name=label, **student), prune=recipe.prune)
         start = time.perf_counter()
         r = run_job(job)
         rows.append({"variant": label, "validation_loss": r["validation_loss"],
@@ -70,7 +69,8 @@ def method_comparison(out: Path) -> tuple[list[dict], dict]:
     calib = load_file(str(tokens))["calibration"]
     batches = [calib[i:i + recipe.prune.calibration_batch_size]
                for i in range(0, len(calib), recipe.prune.calibration_batch_size)]
-    job = PruneJob(teacher=str(teacher), output="", scores="", tokens="", student={}, prune=dataclasses.asdict(recipe.prune))
+    job = PruneJob(teacher=str(teacher), output="", scores="", tokens="", student=StudentConfig(num_layers=16),
+                   prune=recipe.prune)
     timings = {}
     for trial in range(2):  # second round: warm caches for both
         model, _ = _load_teacher(job, recipe.prune)

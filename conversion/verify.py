@@ -6,18 +6,17 @@ import json
 from pathlib import Path
 
 import torch
+from megatron.core import parallel_state
 from safetensors import safe_open
+from safetensors.torch import save_file
 
-from conversion.convert import load_megatron_from_nemo
-from conversion.hf_checkpoint import SafetensorsReader
+from minitron.conversion.convert import load_megatron_from_nemo
+from minitron.conversion.hf_checkpoint import SafetensorsReader
+from minitron.conversion.sample_text import SAMPLE_TEXT
 from minitron.runtime import distributed
+from minitron.io import write_json_atomic
 from minitron.runtime.inference import forward_logits
 
-SAMPLE_TEXT = (
-    "The capital of France is Paris. Llamas are domesticated South American camelids, widely used "
-    "as meat and pack animals by Andean cultures since the pre-Columbian era. Knowledge distillation "
-    "trains a small student model to match the output distribution of a larger teacher."
-)
 
 
 def hf_logits(hf_dir: str | Path, tokens: torch.Tensor) -> torch.Tensor:
@@ -74,3 +73,19 @@ def tensor_differences(hf_a: str | Path, hf_b: str | Path) -> list[str]:
         if ca.get(key) != cb.get(key):
             diffs.append(f"config {key}: {ca.get(key)!r} != {cb.get(key)!r}")
     return diffs
+
+
+def verify_command(args) -> dict | None:
+    """`minitron verify` (also under torchrun for TP*PP > 1): Megatron vs HF logits of one checkpoint."""
+    tokens = tokenize(args.hf, args.text) if args.text else tokenize(args.hf)
+    compared = distributed.distributed_entry(megatron_vs_hf)(args.nemo, args.hf, tokens, args.tp, args.pp)
+    if compared is None:
+        return None  # not the last pipeline stage: nothing to report
+    diff, logits = compared
+    result = {"tensor_parallel": args.tp, "pipeline_parallel": args.pp, "max_abs_logit_diff": diff}
+    if parallel_state.get_tensor_model_parallel_rank() == 0:
+        if args.logits_out:
+            save_file({"logits": logits.contiguous()}, args.logits_out)
+        if args.result_file:
+            write_json_atomic(args.result_file, result)
+    return result

@@ -28,7 +28,8 @@ class DeployConfig:
                                               "null = trtllm-build's default)")
 
     def check(self) -> list[str]:
-        problems = at_least_one(self, ["tp", "pp", "calib_samples", "calib_seq_length", "calib_batch_size",
+        problems = [] if self.dtype in ("bf16", "fp8") else [f"deploy.dtype={self.dtype!r} must be one of ['bf16', 'fp8']"]
+        problems += at_least_one(self, ["tp", "pp", "calib_samples", "calib_seq_length", "calib_batch_size",
                                        "max_batch_size", "max_input_len", "max_seq_len"], "deploy.")
         if self.max_input_len > self.max_seq_len:
             problems.append(f"deploy.max_input_len {self.max_input_len} exceeds deploy.max_seq_len {self.max_seq_len}")

@@ -12,11 +12,16 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
+from minitron.deploy.config import DeployConfig
+from minitron.deploy.export import deploy_settings, export, export_request
+from minitron.deploy.trtllm_format import validate_checkpoint
 from minitron.errors import MinitronError
+from minitron.io import atomic_output_dir, check_output_dir
 
 SUPPORTED_TRTLLM = "1.2."
 
@@ -29,20 +34,14 @@ class EngineUnavailable(MinitronError):
 
 @dataclass
 class EngineRequest:
-    checkpoint: str
-    output: str
-    max_batch_size: int = 8
-    max_input_len: int = 1024
-    max_seq_len: int = 2048
-    max_num_tokens: int | None = None
-    workers: int = 1
+    checkpoint: str                              # TensorRT-LLM checkpoint folder
+    output: str                                  # engine folder (must not exist or be empty)
+    deploy: DeployConfig = field(default_factory=DeployConfig)  # engine lengths and batch
+    workers: int = 1                             # parallel builds (one per rank on multi-GPU hosts)
 
 
 def build_engine(req: EngineRequest) -> dict:
     """Validate the checkpoint, then run trtllm-build into an atomic output folder."""
-    from deploy.trtllm_format import validate_checkpoint
-    from minitron.io import atomic_output_dir, check_output_dir
-
     _check_lengths(req)
     checkpoint = validate_checkpoint(req.checkpoint)
     check_output_dir(Path(req.output))
@@ -50,8 +49,8 @@ def build_engine(req: EngineRequest) -> dict:
     if reason:
         raise EngineUnavailable(f"engine not built: {reason}; the checkpoint {req.checkpoint} is valid "
                                 f"({checkpoint['dtype']}, quant {checkpoint['quant_algo']}, tp {checkpoint['tp']} "
-                                f"pp {checkpoint['pp']}; engine max_batch_size {req.max_batch_size} max_input_len "
-                                f"{req.max_input_len} max_seq_len {req.max_seq_len}): run this command in the "
+                                f"pp {checkpoint['pp']}; engine max_batch_size {req.deploy.max_batch_size} max_input_len "
+                                f"{req.deploy.max_input_len} max_seq_len {req.deploy.max_seq_len}): run this command in the "
                                 "TensorRT-LLM 1.2 container on a GPU machine (deploy/gpu_checks.sh)")
     with atomic_output_dir(req.output) as tmp:
         command = trtllm_build_command(req, tmp)
@@ -65,20 +64,19 @@ def build_engine(req: EngineRequest) -> dict:
 
 
 def _check_lengths(req: EngineRequest) -> None:
-    if min(req.max_batch_size, req.max_input_len, req.max_seq_len, req.workers) < 1:
-        raise MinitronError("--max-batch-size, --max-input-len, --max-seq-len and --workers must be >= 1")
-    if req.max_input_len > req.max_seq_len:
-        raise MinitronError(f"--max-input-len {req.max_input_len} exceeds --max-seq-len {req.max_seq_len}")
+    problems = req.deploy.check() + ([f"--workers {req.workers} must be >= 1"] if req.workers < 1 else [])
+    if problems:
+        raise MinitronError("; ".join(problems))
 
 
 def trtllm_build_command(req: EngineRequest, output_dir: Path) -> list[str]:
     """The trtllm-build call (TensorRT-LLM 1.2 flags). FP8 checkpoints need no extra flag: the
     quantization comes from the checkpoint's config.json."""
     command = ["trtllm-build", "--checkpoint_dir", str(req.checkpoint), "--output_dir", str(output_dir),
-               "--max_batch_size", str(req.max_batch_size), "--max_input_len", str(req.max_input_len),
-               "--max_seq_len", str(req.max_seq_len), "--gemm_plugin", "auto", "--workers", str(req.workers)]
-    if req.max_num_tokens:
-        command += ["--max_num_tokens", str(req.max_num_tokens)]
+               "--max_batch_size", str(req.deploy.max_batch_size), "--max_input_len", str(req.deploy.max_input_len),
+               "--max_seq_len", str(req.deploy.max_seq_len), "--gemm_plugin", "auto", "--workers", str(req.workers)]
+    if req.deploy.max_num_tokens:
+        command += ["--max_num_tokens", str(req.deploy.max_num_tokens)]
     return command
 
 
@@ -105,3 +103,21 @@ def _trtllm_version() -> str | None:
         except metadata.PackageNotFoundError:
             continue
     return None
+
+
+def build_engine_command(args) -> dict:
+    """`minitron build-engine`: (optionally export, then) trtllm-build; exit 3 where no GPU/TensorRT-LLM.
+
+    Without --config and --model nothing of the training stack runs: this is what the TensorRT-LLM
+    container (no Megatron-Core, no Model Optimizer) executes.
+    """
+    exported = None
+    if args.model:
+        if Path(args.checkpoint).exists() and any(Path(args.checkpoint).iterdir()):
+            raise MinitronError(f"{args.checkpoint}: exists; drop --model to build from it, or pass a new --checkpoint")
+        exported = export(export_request(args, args.checkpoint, "trtllm"))
+        print(f"checkpoint written: {args.checkpoint}", file=sys.stderr)
+    output = args.output or str(Path(args.checkpoint).with_name(Path(args.checkpoint).name + "-engine"))
+    deploy, _ = deploy_settings(args)
+    result = build_engine(EngineRequest(checkpoint=args.checkpoint, output=output, deploy=deploy, workers=args.workers))
+    return {**result, "export": exported} if exported else result

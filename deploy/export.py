@@ -14,7 +14,7 @@ this module adds what a deployable folder also needs and checks the result:
 * tied embeddings (SmolLM2): Model Optimizer writes ``lm_head`` explicitly (a copy of the
   embedding), which the last pipeline stage needs anyway since it holds no embedding;
 * every TensorRT-LLM checkpoint is validated against TensorRT-LLM 1.2's Llama definition
-  (``deploy.trtllm_format``); every HF export is re-read (names, dtypes, FP8 scales).
+  (``minitron.deploy.trtllm_format``); every HF export is re-read (names, dtypes, FP8 scales).
 """
 
 from __future__ import annotations
@@ -28,38 +28,38 @@ from pathlib import Path
 
 import torch
 
+from minitron import config
+from minitron.conversion.hf_checkpoint import SafetensorsReader, copy_sidecars
+from minitron.data import DataConfig
+from minitron.deploy.config import DeployConfig
+from minitron.deploy.quantize import calibration_tokens, load_llama, quantize_fp8
+from minitron.deploy.trtllm_format import validate_checkpoint
 from minitron.errors import MinitronError
+from minitron.io import atomic_output_dir, check_output_dir
+from minitron.models import resolve_hf_source
+from minitron.recipe import Recipe, load_recipe
+from minitron.runtime.llama import LlamaArch
 
 FORMATS = ("hf", "trtllm")
-DTYPES = ("bf16", "fp8")
 
 
 @dataclass
 class ExportRequest:
-    model: str
-    output: str
-    format: str = "trtllm"
-    dtype: str = "bf16"
-    tp: int = 1
-    pp: int = 1
-    calib_samples: int = 64
-    calib_seq_length: int = 512
-    calib_batch_size: int = 4
-    kv_cache_fp8: bool = False
-    data: object = field(default=None)  # minitron.data.DataConfig; None = the default corpus
+    model: str                                   # HF folder, .gguf or embedded:<name>
+    output: str                                  # folder to write (must not exist or be empty)
+    format: str = "trtllm"                       # one of FORMATS
+    deploy: DeployConfig = field(default_factory=DeployConfig)  # dtype, TP/PP, calibration
+    data: DataConfig | None = None               # calibration text; None = the default corpus
 
 
 def export(req: ExportRequest) -> dict:
     """Run one export; returns the summary that is also written to <output>/export.json."""
-    from minitron.io import atomic_output_dir, check_output_dir
-    from minitron.models import resolve_hf_source
-
     _check_request(req)
     check_output_dir(Path(req.output))
     hf_dir = resolve_hf_source(req.model)
     model, arch = _load_checked(hf_dir, req)
-    summary = {"source": str(hf_dir), "format": req.format, "dtype": req.dtype, "tp": req.tp, "pp": req.pp}
-    if req.dtype == "fp8":
+    summary = {"source": str(hf_dir), "format": req.format, "dtype": req.deploy.dtype, "tp": req.deploy.tp, "pp": req.deploy.pp}
+    if req.deploy.dtype == "fp8":
         summary["quantization"] = _calibrate(model, hf_dir, req)
     with atomic_output_dir(req.output) as tmp:
         if req.format == "hf":
@@ -75,40 +75,31 @@ def export(req: ExportRequest) -> dict:
 def _check_request(req: ExportRequest) -> None:
     if req.format not in FORMATS:
         raise MinitronError(f"--format {req.format!r}: use one of {list(FORMATS)}")
-    if req.dtype not in DTYPES:
-        raise MinitronError(f"--dtype {req.dtype!r}: use one of {list(DTYPES)}")
-    if req.tp < 1 or req.pp < 1:
-        raise MinitronError(f"--tp {req.tp} --pp {req.pp}: both must be >= 1")
-    if req.format == "hf" and (req.tp, req.pp) != (1, 1):
+    problems = req.deploy.check()
+    if problems:
+        raise MinitronError("; ".join(problems))
+    if req.format == "hf" and (req.deploy.tp, req.deploy.pp) != (1, 1):
         raise MinitronError("--tp/--pp apply to --format trtllm only (a HF checkpoint is not sharded by rank)")
-    if req.kv_cache_fp8 and req.dtype != "fp8":
-        raise MinitronError("--kv-cache-fp8 needs --dtype fp8")
 
 
 def _load_checked(hf_dir: Path, req: ExportRequest):
     """Refuse a layout the model cannot be split into (from config.json alone), then load it."""
-    from deploy.quantize import load_llama
-    from minitron.runtime.llama import LlamaArch
-
     arch = LlamaArch.from_hf_dir(hf_dir)
-    problems = [f"{name} {value} is not divisible by --tp {req.tp}" for name, value in
+    problems = [f"{name} {value} is not divisible by --tp {req.deploy.tp}" for name, value in
                 (("num_attention_heads", arch.num_attention_heads), ("num_key_value_heads", arch.num_query_groups),
-                 ("intermediate_size", arch.ffn_hidden_size)) if value % req.tp]
-    if arch.num_layers % req.pp:
-        problems.append(f"num_hidden_layers {arch.num_layers} is not divisible by --pp {req.pp}")
+                 ("intermediate_size", arch.ffn_hidden_size)) if value % req.deploy.tp]
+    if arch.num_layers % req.deploy.pp:
+        problems.append(f"num_hidden_layers {arch.num_layers} is not divisible by --pp {req.deploy.pp}")
     if problems:
         raise MinitronError(f"{hf_dir}: " + "; ".join(problems))
     return load_llama(hf_dir, torch.bfloat16)
 
 
 def _calibrate(model, hf_dir: Path, req: ExportRequest) -> dict:
-    from deploy.quantize import calibration_tokens, quantize_fp8
-    from minitron.data import DataConfig
-
     data_cfg = req.data or DataConfig()
-    tokens = calibration_tokens(hf_dir, data_cfg, req.calib_samples, req.calib_seq_length)
+    tokens = calibration_tokens(hf_dir, data_cfg, req.deploy.calib_samples, req.deploy.calib_seq_length)
     with _quiet_modelopt():
-        result = quantize_fp8(model, tokens, req.calib_batch_size, req.kv_cache_fp8)
+        result = quantize_fp8(model, tokens, req.deploy.calib_batch_size, req.deploy.kv_cache_fp8)
     return {**result, "data_source": data_cfg.source, "split": "train"}
 
 
@@ -126,8 +117,6 @@ def _quiet_modelopt():
 def _write_hf(model, hf_dir: Path, out: Path) -> dict:
     from modelopt.torch.export import export_hf_checkpoint
 
-    from conversion.hf_checkpoint import copy_sidecars
-
     with _quiet_modelopt():
         export_hf_checkpoint(model, dtype=torch.bfloat16, export_dir=out)
     copy_sidecars(hf_dir, out)  # tokenizer and chat template: the folder must serve on its own
@@ -137,9 +126,6 @@ def _write_hf(model, hf_dir: Path, out: Path) -> dict:
 def check_hf_export(out: Path) -> dict:
     """Re-read an exported HF folder: Llama config, BF16 tensors, and for FP8 the quantization
     config plus a positive float32 weight_scale/input_scale beside every FP8 weight."""
-    from conversion.hf_checkpoint import SafetensorsReader
-    from minitron.runtime.llama import LlamaArch
-
     cfg = json.loads((out / "config.json").read_text())
     LlamaArch.from_hf_config({k: v for k, v in cfg.items() if k != "quantization_config"}, str(out / "config.json"))
     reader = SafetensorsReader(out)
@@ -183,12 +169,9 @@ def _hf_kv_algo(out: Path):
 def _write_trtllm(model, hf_dir: Path, out: Path, req: ExportRequest, arch) -> dict:
     from modelopt.torch.export import export_tensorrt_llm_checkpoint
 
-    from conversion.hf_checkpoint import copy_sidecars
-    from deploy.trtllm_format import validate_checkpoint
-
     with _quiet_modelopt():
-        export_tensorrt_llm_checkpoint(model, "llama", torch.bfloat16, out, inference_tensor_parallel=req.tp,
-                                       inference_pipeline_parallel=req.pp)
+        export_tensorrt_llm_checkpoint(model, "llama", torch.bfloat16, out, inference_tensor_parallel=req.deploy.tp,
+                                       inference_pipeline_parallel=req.deploy.pp)
     cfg = json.loads((out / "config.json").read_text())
     _complete_config(cfg, json.loads((hf_dir / "config.json").read_text()))
     (out / "config.json").write_text(json.dumps(cfg, indent=4) + "\n")
@@ -233,3 +216,31 @@ def _modelopt_version() -> str:
 
     return version("nvidia-modelopt")
 
+
+# ---- the commands: the recipe's `deploy` section, then the flags -----------------------------------
+def deploy_settings(args) -> tuple[DeployConfig, Recipe | None]:
+    """(DeployConfig, recipe or None): --config's `deploy` section or the defaults, then every flag that
+    was given (the flags are DeployConfig's own fields, `config.add_flags`)."""
+    if args.overrides and not args.config:
+        raise MinitronError(f"key=value overrides {args.overrides} need --config RECIPE")
+    recipe = load_recipe(args.config, args.overrides) if args.config else None
+    deploy = config.apply_flags(recipe.deploy if recipe else DeployConfig(), args)
+    problems = deploy.check()
+    if problems:
+        raise MinitronError("; ".join(problems))
+    return deploy, recipe
+
+
+def export_request(args, output: str, fmt: str) -> ExportRequest:
+    """What `export` and `build-engine --model` ask Model Optimizer for; calibration text from the
+    recipe's `data` section (or --data-source)."""
+    deploy, recipe = deploy_settings(args)
+    data = recipe.data if recipe else DataConfig()
+    if args.data_source:
+        data.source = args.data_source
+    return ExportRequest(model=args.model, output=output, format=fmt, deploy=deploy, data=data)
+
+
+def export_command(args) -> dict:
+    """`minitron export`: BF16 or FP8 (Model Optimizer PTQ), as a unified HF or a TensorRT-LLM checkpoint."""
+    return export(export_request(args, args.output, args.format))

@@ -16,7 +16,11 @@ from pathlib import Path
 
 import torch
 
+from minitron.conversion.hf_checkpoint import SafetensorsReader
+from minitron.conversion.llama_mapping import hf_shapes
+from minitron.data import check_tokenizer_matches, prepare, samples
 from minitron.errors import MinitronError
+from minitron.runtime.llama import LlamaArch
 
 
 def load_llama(hf_dir: str | Path, dtype: torch.dtype = torch.bfloat16):
@@ -26,10 +30,6 @@ def load_llama(hf_dir: str | Path, dtype: torch.dtype = torch.bfloat16):
     line, before any export work starts.
     """
     from transformers import AutoModelForCausalLM
-
-    from conversion.hf_checkpoint import SafetensorsReader
-    from conversion.llama_mapping import hf_shapes
-    from minitron.runtime.llama import LlamaArch
 
     hf_dir = Path(hf_dir)
     arch = LlamaArch.from_hf_dir(hf_dir)
@@ -44,9 +44,6 @@ def load_llama(hf_dir: str | Path, dtype: torch.dtype = torch.bfloat16):
 
 def calibration_tokens(hf_dir: str | Path, data_cfg, num_samples: int, seq_length: int) -> torch.Tensor:
     """[num_samples, seq_length] token ids from the train split (Megatron-packed, seeded)."""
-    from minitron.data import check_tokenizer_matches, prepare, samples
-    from minitron.runtime.llama import LlamaArch
-
     if num_samples < 1 or seq_length < 2:
         raise MinitronError(f"calibration needs >= 1 sample of >= 2 tokens, got {num_samples} x {seq_length}")
     check_tokenizer_matches(hf_dir, vocab_size=LlamaArch.from_hf_dir(hf_dir).vocab_size)

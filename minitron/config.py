@@ -6,7 +6,9 @@ reports *every* problem at once (unknown keys, wrong types) in one error line.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import json
 import types
 import typing
 from pathlib import Path
@@ -14,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from minitron.errors import MinitronError
+from minitron.io import write_json_atomic
 
 
 def doc(default, help: str, **kw):
@@ -86,6 +89,51 @@ def build(cls: type[T], data: dict, source: str = "config") -> T:
 def load(cls: type[T], path: str | Path | None, overrides: list[str] = ()) -> T:
     data = load_yaml(path) if path else {}
     return build(cls, merge(data, parse_overrides(list(overrides))), str(path or "config"))
+
+
+def save(obj, path: str | Path) -> None:
+    """Write a config (or job) dataclass as JSON, for `load_saved` in another process."""
+    write_json_atomic(path, dataclasses.asdict(obj))
+
+
+def load_saved(cls: type[T], path: str | Path) -> T:
+    """Read what `save` wrote back into `cls`, through the same checks as a YAML config."""
+    path = Path(path)
+    if not path.is_file():
+        raise MinitronError(f"{path}: job file not found")
+    return build(cls, json.loads(path.read_text()), str(path))
+
+
+def add_flags(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
+    """One ``--field-name`` flag per field of `cls`, typed and documented from the field itself.
+
+    Every flag defaults to None ("not given"), so values from a config file apply unless a flag
+    overrides them (`apply_flags`).
+    """
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        tp = hints[f.name]
+        if typing.get_origin(tp) in (typing.Union, types.UnionType):
+            tp = next(a for a in typing.get_args(tp) if a is not type(None))
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{f.metadata.get('help', '')} (default: {f.default})"
+        if tp is bool:
+            parser.add_argument(flag, action="store_true", default=None, help=help_text)
+        elif typing.get_origin(tp) is typing.Literal:
+            parser.add_argument(flag, choices=list(typing.get_args(tp)), default=None, help=help_text)
+        else:
+            parser.add_argument(flag, type=tp, default=None, help=help_text)
+
+
+def apply_flags(obj, args: argparse.Namespace):
+    """Set every field of `obj` whose flag (from `add_flags`) was given; returns `obj`."""
+    for f in dataclasses.fields(obj):
+        value = getattr(args, f.name, None)
+        if value is not None:
+            setattr(obj, f.name, value)
+    return obj
 
 
 def _build(cls, data, prefix, problems):

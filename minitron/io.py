@@ -1,4 +1,4 @@
-"""Filesystem conventions: outputs appear whole or not at all."""
+"""Filesystem conventions: where cached assets live, and outputs that appear whole or not at all."""
 
 from __future__ import annotations
 
@@ -10,6 +10,11 @@ import tempfile
 from pathlib import Path
 
 from minitron.errors import MinitronError
+
+
+def cache_dir() -> Path:
+    """Where downloaded and converted assets live (``$MINITRON_CACHE``, default ~/.cache/minitron)."""
+    return Path(os.environ.get("MINITRON_CACHE", Path.home() / ".cache" / "minitron"))
 
 
 def check_output_dir(target: Path) -> None:

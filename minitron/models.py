@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conversion.gguf_to_hf import DEFAULT_MODEL_NAME, cache_dir, default_model_dir, gguf_to_hf
+from minitron.conversion.gguf_to_hf import DEFAULT_MODEL_NAME, default_model_dir, gguf_to_hf
+from minitron.io import cache_dir
 from minitron.errors import MinitronError
 
 EMBEDDED = {DEFAULT_MODEL_NAME: default_model_dir}
@@ -27,3 +28,8 @@ def resolve_hf_source(source: str) -> Path:
         raise MinitronError(f"model.source: {path} has no config.json; give an HF checkpoint folder, "
                             "a .gguf file or embedded:<name>")
     return path
+
+
+def print_default_model(args) -> None:
+    """`minitron model default`: the path of the embedded default model (converted on first use)."""
+    print(resolve_hf_source(f"embedded:{DEFAULT_MODEL_NAME}"))

@@ -1,122 +1,109 @@
-"""`minitron run`: execute a recipe's stages in order, skipping those already complete.
+"""`minitron run` and the commands that run part of a recipe: execute stages in order, skipping done ones.
 
 A stage is complete when ``<output_root>/<name>/<stage>/summary.json`` exists; the stage
-folder is written to a temporary sibling and renamed, so a killed run never leaves a folder
-that looks complete, and a rerun resumes at the first unfinished stage. ``eval`` and ``report``
-are refreshed on every run instead (so new checkpoints join them); eval caches each
-measurement, so a refresh only measures what is new.
+folder is written to a temporary sibling and renamed (`RunFolder.write_stage`), so a killed run
+never leaves a folder that looks complete, and a rerun resumes at the first unfinished stage.
+``eval`` and ``report`` are refreshed on every run instead (so new checkpoints join them); eval
+caches each measurement, so a refresh only measures what is new.
 """
 
 from __future__ import annotations
 
-import json
-import time
+import os
+from pathlib import Path
 
+from minitron.data import check_tokenizer_matches
 from minitron.errors import MinitronError
-from minitron.io import atomic_output_dir, write_json_atomic
-from minitron.recipe import Recipe
-from minitron.stages import evaluate, import_model, prune_student, train_model, verify_conversion
-
-#: Stages rebuilt on every run (their inputs can grow), replacing the previous output atomically.
-REFRESHED = ("eval", "report")
-
-
-def planned_stages(recipe: Recipe) -> list[tuple[str, object]]:
-    """(stage folder name, runner) in order; `prune` becomes one stage per selected student."""
-    plan = []
-    for stage in recipe.stages:
-        if stage == "prune":
-            for student in recipe.prune.selected():
-                plan.append((f"prune-{student.name}",
-                             lambda r, out, s=student: prune_student.run(r, out, s)))
-        elif stage == "distill":
-            for name in recipe.distilled_students():
-                plan.append((f"distill-{name}", lambda r, out, n=name: train_model.run_stage(r, out, f"distill-{n}")))
-        elif stage == "teacher_correction":
-            plan.append((stage, lambda r, out: train_model.run_stage(r, out, "teacher_correction")))
-        elif stage == "eval":
-            plan.append((stage, lambda r, out: evaluate.run(r, out, r.stage_dir("eval.work"))))
-        elif stage == "report":
-            plan.append((stage, _write_report))
-        else:
-            plan.append((stage, {"import": import_model.run, "verify": verify_conversion.run}[stage]))
-    return plan
+from minitron.models import resolve_hf_source
+from minitron.pruning.prune import check_target
+from minitron.recipe import Recipe, load_recipe
+from minitron.run_folder import REFRESHED, RunFolder
+from minitron.runtime.llama import LlamaArch
+from minitron.stages import STAGES
+from minitron.training.stage import train_under_torchrun
 
 
 def preflight(recipe: Recipe) -> None:
-    """Check every student's target against the teacher before any stage runs."""
+    """Every config problem and every student's target against the teacher, before any stage runs."""
+    problems = recipe.check()
     for stage in ("teacher_correction", "distill"):
         if stage in recipe.stages:
-            train_model.load_train_config(getattr(recipe, stage))  # config errors before any work
-    if "prune" not in recipe.stages:
-        return
-    from minitron.models import resolve_hf_source
-    from minitron.pruning.prune import check_target
-    from minitron.runtime.llama import LlamaArch
-
-    from minitron.data import check_tokenizer_matches
-
-    hf_dir = resolve_hf_source(recipe.model.source)
-    arch = LlamaArch.from_hf_dir(hf_dir)
-    check_tokenizer_matches(hf_dir, arch.vocab_size)
-    problems = []
-    for student in recipe.prune.selected():
-        problems += check_target(student, arch, recipe.prune, recipe.parallel.tensor_parallel,
-                                 recipe.parallel.pipeline_parallel)
+            getattr(recipe, stage).train_config()  # its own errors, before any work
+    if "prune" in recipe.stages:
+        hf_dir = resolve_hf_source(recipe.model.source)
+        arch = LlamaArch.from_hf_dir(hf_dir)
+        check_tokenizer_matches(hf_dir, arch.vocab_size)
+        for student in recipe.prune.selected():
+            problems += check_target(student, arch, recipe.prune, recipe.parallel.tensor_parallel,
+                                     recipe.parallel.pipeline_parallel)
     if problems:
         raise MinitronError("; ".join(dict.fromkeys(problems)))
 
 
-def read_summary(recipe: Recipe, stage: str) -> dict:
-    path = recipe.stage_dir(stage) / "summary.json"
-    if not path.is_file():
-        raise MinitronError(f"{path}: missing; run stage {stage!r} first (add it to `stages`)")
-    return json.loads(path.read_text())
-
-
-def _write_report(recipe: Recipe, out) -> dict:
-    from minitron.evaluation import report
-
-    return report.write(recipe, out)
-
-
 def run(recipe: Recipe) -> dict:
+    """Run the recipe's stages in order; {stage folder: summary}."""
     preflight(recipe)
+    folder = RunFolder(recipe)
     results = {}
-    for stage, runner in planned_stages(recipe):
-        out = recipe.stage_dir(stage)
-        if stage in REFRESHED:
-            results[stage] = run_stage(recipe, stage, runner, out, replace=True)
+    for kind, stage in folder.planned():
+        if stage not in REFRESHED and folder.done(stage):
+            print(f"[{stage}] done already: {folder.stage_dir(stage)}")
+            results[stage] = folder.summary(stage)
             continue
-        if (out / "summary.json").is_file():
-            print(f"[{stage}] done already: {out}")
-            results[stage] = read_summary(recipe, stage)
-            continue
-        if out.exists():  # an earlier attempt died before finishing: its folder is incomplete
-            raise MinitronError(f"{out}: incomplete output of an earlier run; remove it to redo stage {stage!r}")
-        results[stage] = run_stage(recipe, stage, runner, out)
+        if stage not in REFRESHED and folder.stage_dir(stage).exists():
+            raise MinitronError(f"{folder.stage_dir(stage)}: incomplete output of an earlier run; "
+                                f"remove it to redo stage {stage!r}")
+        results[stage] = folder.write_stage(stage, lambda tmp, k=kind, s=stage: STAGES[k](folder, s, tmp))
     return results
 
 
-def run_stage(recipe: Recipe, stage: str, runner, out, replace: bool = False) -> dict:
-    """Run one stage into its folder (written beside it, renamed when complete); `replace` swaps out an old one."""
-    print(f"[{stage}] running -> {out}")
-    start = time.perf_counter()
-    with atomic_output_dir(out, replace=replace) as tmp:
-        summary = runner(recipe, tmp)
-        summary = _retarget(summary, str(tmp), str(out))
-        summary["stage_seconds"] = round(time.perf_counter() - start, 2)
-        write_json_atomic(tmp / "summary.json", summary)
-    print(f"[{stage}] finished in {summary['stage_seconds']} s")
-    return summary
+def compact(results: dict) -> dict:
+    """What a person reads at the end of a run: each stage's time, and the report's table when written."""
+    out = {stage: {"seconds": s.get("stage_seconds")} for stage, s in results.items()}
+    if "report" in results:
+        print(Path(results["report"]["report"]).read_text().split("\n## Speed")[0])
+        out["report"] = results["report"]["report"]
+    if "eval" in results:
+        out["eval"] = {name: {"perplexity": (r.get("perplexity") or {}).get("perplexity"), "params": r["params"]}
+                       for name, r in results["eval"]["models"].items()}
+    return out
 
 
-def _retarget(obj, old: str, new: str):
-    """Rewrite paths in a summary from the temporary stage folder to its final name."""
-    if isinstance(obj, str):
-        return obj.replace(old, new)
-    if isinstance(obj, dict):
-        return {k: _retarget(v, old, new) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_retarget(v, old, new) for v in obj]
-    return obj
+# ---- commands (minitron/cli.py dispatches here) ----------------------------------------------------
+def run_command(args) -> dict:
+    """`minitron run`: the whole recipe."""
+    return compact(run(load_recipe(args.config, args.overrides, args.output)))
+
+
+def eval_command(args) -> dict:
+    """`minitron eval` / `minitron report`: measure / tabulate the models the run has so far."""
+    recipe = load_recipe(args.config, args.overrides, args.output)
+    for spec in getattr(args, "model", None) or []:  # `report` has no --model
+        if "=" not in spec:
+            raise MinitronError(f"--model {spec!r}: give NAME=HF_DIR, e.g. --model fp8=runs/export/fp8-hf")
+        recipe.eval.extra_models.append(spec)
+    recipe.stages = [args.command]
+    return compact(run(recipe))
+
+
+def train_command(args) -> dict | None:
+    """`minitron distill` / `minitron teacher-correct`: the recipe up to that stage (done stages skip).
+
+    Under an external torchrun (WORLD_SIZE > 1) every rank trains and the world size sets the data
+    parallelism; otherwise training launches its own TP*PP*DP ranks (`nproc=N`).
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and any(o.startswith("nproc=") for o in args.overrides):
+        raise MinitronError("nproc=N launches its own ranks; under torchrun leave it out (the world size is N)")
+    recipe = load_recipe(args.config, [*args.overrides, *([f"nproc={world}"] if world > 1 else [])], args.output)
+    if args.command == "teacher-correct":
+        recipe.stages = ["import", "teacher_correction"]
+    else:  # a corrected teacher is used when the recipe lists teacher correction
+        recipe.stages = [s for s in ("import", "teacher_correction", "prune", "distill")
+                         if s != "teacher_correction" or s in recipe.stages]
+    if world > 1:
+        problems = recipe.check()
+        if problems:
+            raise MinitronError("; ".join(problems))
+        return train_under_torchrun(RunFolder(recipe))
+    return compact(run(recipe))

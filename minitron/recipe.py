@@ -11,12 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from conversion.verify import SAMPLE_TEXT
-from deploy.config import DeployConfig
+from minitron.conversion.sample_text import SAMPLE_TEXT
+from minitron.deploy.config import DeployConfig
+from minitron import config
 from minitron.config import at_least_one, doc
 from minitron.data.config import DataConfig
+from minitron.errors import MinitronError
 from minitron.evaluation.config import EvalConfig
 from minitron.pruning.config import PruneConfig
+from minitron.training.config import TrainConfig
 
 #: `prune` and `distill` run one stage per student: `prune-<student>`, `distill-<student>`.
 #: `eval` measures every model of the run; `report` is rewritten on every run (it is cheap).
@@ -61,6 +64,10 @@ class TrainingStageConfig:
     def check(self) -> list[str]:
         return [] if self.config else ["training stage needs `config: nemo_configs/<file>.yaml`"]
 
+    def train_config(self) -> TrainConfig:
+        """The training YAML with this stage's overrides (`load_recipe` made its path absolute)."""
+        return config.load(TrainConfig, self.config, self.overrides)
+
 
 @dataclass
 class Recipe:
@@ -93,10 +100,39 @@ class Recipe:
             problems += [f"distill.students: no pruned student {n!r}" for n in self.distill.students if n not in names]
         return problems
 
-    def stage_dir(self, stage: str) -> Path:
-        return Path(self.output_root) / self.name / stage
 
-    def distilled_students(self) -> list[str]:
-        if self.distill is None:
-            return []
-        return self.distill.students or [s.name for s in self.prune.selected()]
+def load_recipe(path: str | Path, overrides: list[str] = (), output: str | None = None) -> Recipe:
+    """The recipe at `path` with ``key=value`` overrides; `output` replaces output_root.
+
+    ``nproc=N`` (an override of no field) sets parallel.data_parallel so that TP * PP * DP = N.
+    A relative training `config:` is looked up from the working directory, then from the folder above
+    the recipe's (recipes/ and nemo_configs/ are siblings), so recipes run from any directory.
+    """
+    overrides = list(overrides)
+    nproc = [o for o in overrides if o.startswith("nproc=")]
+    recipe = config.load(Recipe, path, [o for o in overrides if not o.startswith("nproc=")])
+    for o in nproc:
+        try:
+            n = int(o.split("=", 1)[1])
+        except ValueError:
+            raise MinitronError(f"{o}: give a whole number of processes, e.g. nproc=2") from None
+        mp = recipe.parallel.tensor_parallel * recipe.parallel.pipeline_parallel
+        if n < 1 or n % mp:
+            raise MinitronError(f"nproc={n} is not a multiple of tensor_parallel x pipeline_parallel = {mp}")
+        recipe.parallel.data_parallel = n // mp
+    if output:
+        recipe.output_root = str(Path(output))
+    for stage in (recipe.teacher_correction, recipe.distill):
+        if stage is not None and not Path(stage.config).is_absolute() and not Path(stage.config).exists():
+            beside = Path(path).resolve().parent.parent / stage.config
+            if beside.exists():
+                stage.config = str(beside)
+    return recipe
+
+
+def show_config(args) -> dict:
+    """`minitron config`: the resolved recipe (and with --explain every key's documentation)."""
+    recipe = load_recipe(args.config, args.overrides)
+    if args.explain:
+        print("\n".join(config.describe(Recipe)))
+    return config.to_dict(recipe)

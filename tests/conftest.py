@@ -73,7 +73,7 @@ def tiny_hf_tied(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_nemo(tiny_hf, tmp_path_factory) -> Path:
-    from conversion.convert import hf_to_nemo
+    from minitron.conversion.convert import hf_to_nemo
 
     out = tmp_path_factory.mktemp("tiny_nemo") / "nemo"
     hf_to_nemo(tiny_hf, out)
@@ -82,7 +82,7 @@ def tiny_nemo(tiny_hf, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def smollm2_hf() -> Path:
-    from conversion.gguf_to_hf import default_model_dir
+    from minitron.conversion.gguf_to_hf import default_model_dir
 
     return default_model_dir()
 

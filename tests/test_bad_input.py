@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 from conftest import run_minitron, write_tiny_llama
-from conversion.convert import hf_to_nemo, nemo_to_hf
+from minitron.conversion.convert import hf_to_nemo, nemo_to_hf
 from minitron.errors import MinitronError
 
 
@@ -102,7 +102,7 @@ def test_not_a_nemo_checkpoint(tiny_hf, tmp_path):
 
 def test_failure_mid_write_leaves_no_output(tiny_nemo, tmp_path, monkeypatch):
     """An error after writing has started (here: disk full on config.json) leaves nothing."""
-    import conversion.convert as convert
+    import minitron.conversion.convert as convert
 
     def disk_full(*_a, **_k):
         raise OSError(28, "No space left on device")

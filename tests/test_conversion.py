@@ -7,8 +7,8 @@ import torch
 from torch.testing import assert_close
 
 from conftest import tokens, write_tiny_llama
-from conversion.convert import hf_to_nemo, load_megatron_from_nemo, nemo_to_hf
-from conversion.verify import hf_logits, tensor_differences
+from minitron.conversion.convert import hf_to_nemo, load_megatron_from_nemo, nemo_to_hf
+from minitron.conversion.verify import hf_logits, tensor_differences
 from minitron.runtime import distributed
 from minitron.runtime.inference import forward_logits, position_ids
 
@@ -101,7 +101,7 @@ def test_nemo_layout(tiny_nemo):
 
 def test_pruned_shapes_export_and_load_in_transformers(tmp_path, tiny_hf):
     """A NeMo checkpoint of another shape (as pruning writes) exports with explicit head_dim."""
-    from conversion import nemo_checkpoint as nemo
+    from minitron.conversion import nemo_checkpoint as nemo
     from minitron.runtime.llama import LlamaArch, build_gpt_model
 
     base_arch = LlamaArch.from_hf_dir(tiny_hf)

@@ -10,6 +10,7 @@ import torch
 
 from conftest import write_corpus, write_tiny_recipe
 from minitron.errors import MinitronError
+from minitron.run_folder import RunFolder
 from minitron.evaluation.perplexity import file_tokens, load_causal_lm, perplexity, sliding_windows
 
 
@@ -161,18 +162,19 @@ def test_eval_and_report_stages_on_tiny_run(tiny_hf, tmp_path):
     fresh = perplexity(load_causal_lm(models["depth-pruned"]["hf"]), tokens, 32, None, 2, progress=False)
     assert fresh.perplexity == pytest.approx(models["depth-pruned"]["perplexity"]["perplexity"], rel=1e-6)
 
-    report_dir = recipe.stage_dir("report")
+    folder = RunFolder(recipe)
+    report_dir = folder.stage_dir("report")
     text = (report_dir / "report.md").read_text()
     assert "| **teacher** |" in text and "| **depth-pruned** |" in text
     for png in ("layer_importance.png", "params_quality_speed.png", "width_vs_depth.png"):
         assert (report_dir / png).stat().st_size > 1000, png
-    work = sorted(p.name for p in recipe.stage_dir("eval.work").iterdir())
-    mtimes = {p: (recipe.stage_dir("eval.work") / p).stat().st_mtime for p in work}
+    work = sorted(p.name for p in folder.work_dir("eval").iterdir())
+    mtimes = {p: (folder.work_dir("eval") / p).stat().st_mtime for p in work}
 
     again = pipeline.run(recipe)  # refresh: same measurements from the cache, report rewritten
     assert again["eval"]["models"] == models
-    assert {p: (recipe.stage_dir("eval.work") / p).stat().st_mtime for p in work} == mtimes
-    assert not list(recipe.stage_dir("").glob(".*previous*"))
+    assert {p: (folder.work_dir("eval") / p).stat().st_mtime for p in work} == mtimes
+    assert not list(folder.root.glob(".*previous*"))
 
     from conftest import run_minitron
 
@@ -184,16 +186,16 @@ def test_eval_and_report_stages_on_tiny_run(tiny_hf, tmp_path):
 def test_eval_rejects_unknown_model_names(tiny_hf, tmp_path):
     from minitron import config
     from minitron.recipe import Recipe
-    from minitron.stages.evaluate import run_models
+    from minitron.stages.eval import run_models
 
     write_corpus(tmp_path / "c.txt")
     path = write_tiny_recipe(tmp_path, tiny_hf, "[import, eval]", "[]", "eval: {models: [student-x]}\n")
     recipe = config.load(Recipe, path, [f"output_root={tmp_path / 'runs'}"])
     with pytest.raises(MinitronError, match="unknown model"):
-        run_models(recipe)
+        run_models(RunFolder(recipe))
     recipe.eval.models = []
     with pytest.raises(MinitronError, match="no model yet"):
-        run_models(recipe)
+        run_models(RunFolder(recipe))
     recipe.eval.extra_models = ["fp8=/nonexistent"]
     with pytest.raises(MinitronError, match="NAME=HF_DIR"):
-        run_models(recipe)
+        run_models(RunFolder(recipe))

@@ -18,8 +18,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from conftest import REPO, run_minitron, write_corpus, write_tiny_llama
-from deploy.export import ExportRequest, export
-from deploy.trtllm_format import merge_to_hf, validate_checkpoint
+from minitron.deploy.config import DeployConfig
+from minitron.deploy.export import ExportRequest, export
+from minitron.deploy.trtllm_format import merge_to_hf, validate_checkpoint
 from minitron.data import DataConfig
 from minitron.errors import MinitronError
 
@@ -32,10 +33,10 @@ def data(tmp_path_factory):
     return DataConfig(source=str(write_corpus(root / "corpus.txt")), seq_length=32, cache_dir=str(root / "cache"))
 
 
-def _export(src, out, data, **kw) -> dict:
-    kw.setdefault("calib_samples", 8)
-    kw.setdefault("calib_seq_length", 32)
-    return export(ExportRequest(model=str(src), output=str(out), data=data, **kw))
+def _export(src, out, data, format="trtllm", **deploy) -> dict:
+    deploy = {"dtype": "bf16", "calib_samples": 8, "calib_seq_length": 32, **deploy}
+    return export(ExportRequest(model=str(src), output=str(out), format=format, deploy=DeployConfig(**deploy),
+                                data=data))
 
 
 def _hf_tensors(src) -> dict[str, torch.Tensor]:
@@ -194,7 +195,7 @@ def test_non_empty_output_is_refused_and_kept(tiny_hf, data, tmp_path):
 
 def test_failure_after_writing_leaves_nothing(tiny_hf, data, tmp_path, monkeypatch):
     """A late failure (here: the HF cross-check) removes the half-written folder."""
-    import deploy.export as export_module
+    import minitron.deploy.export as export_module
 
     def reject(cfg, arch, out):
         raise MinitronError(f"{out}: injected failure")
@@ -297,7 +298,7 @@ def test_validator_uneven_pipeline_split(tiny_hf, data, tmp_path, partition):
 
 # ---- CLI and build-engine ---------------------------------------------------------------------
 def test_cli_build_engine_without_gpu_writes_checkpoint_then_stops(tiny_hf, tmp_path):
-    from deploy.engine import unavailable_reason
+    from minitron.deploy.engine import unavailable_reason
 
     if unavailable_reason() is None:
         pytest.skip("TensorRT-LLM 1.2 and a GPU are here: see the gpu test")
@@ -316,7 +317,7 @@ def test_cli_build_engine_without_gpu_writes_checkpoint_then_stops(tiny_hf, tmp_
 
 def test_cli_takes_the_recipe_deploy_section_and_flags_override_it(tiny_hf, tmp_path):
     from conftest import write_tiny_recipe
-    from deploy.engine import unavailable_reason
+    from minitron.deploy.engine import unavailable_reason
 
     if unavailable_reason() is None:
         pytest.skip("TensorRT-LLM 1.2 and a GPU are here: see the gpu test")
@@ -340,7 +341,7 @@ def test_cli_takes_the_recipe_deploy_section_and_flags_override_it(tiny_hf, tmp_
 
 def test_bench_trtllm_without_gpu_writes_checkpoints_then_stops(tiny_hf, tmp_path):
     """benchmarks/bench_trtllm.py: teacher + a pruned-shaped student x BF16/FP8 checkpoints, then exit 3."""
-    from deploy.engine import unavailable_reason
+    from minitron.deploy.engine import unavailable_reason
 
     if unavailable_reason() is None:
         pytest.skip("TensorRT-LLM 1.2 and a GPU are here: the bench would build and measure engines")
@@ -415,13 +416,13 @@ def test_cli_export_prints_summary(tiny_hf, tmp_path):
 
 @pytest.mark.gpu
 def test_build_engine_on_gpu(tiny_hf, data, tmp_path):
-    from deploy.engine import EngineRequest, build_engine, unavailable_reason
+    from minitron.deploy.engine import EngineRequest, build_engine, unavailable_reason
 
     if unavailable_reason():
         pytest.skip(unavailable_reason())
     for dtype in ("bf16", "fp8"):
         ckpt = tmp_path / f"ckpt-{dtype}"
         _export(tiny_hf, ckpt, data, format="trtllm", dtype=dtype)
-        result = build_engine(EngineRequest(str(ckpt), str(tmp_path / f"engine-{dtype}"), max_batch_size=2,
-                                            max_input_len=32, max_seq_len=64))
+        lengths = DeployConfig(max_batch_size=2, max_input_len=32, max_seq_len=64)
+        result = build_engine(EngineRequest(str(ckpt), str(tmp_path / f"engine-{dtype}"), deploy=lengths))
         assert list((tmp_path / f"engine-{dtype}").glob("rank0.engine")), result

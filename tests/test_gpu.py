@@ -20,8 +20,8 @@ def no_tf32():
 
 
 def test_conversion_and_logits_on_gpu(tiny_hf, tmp_path):
-    from conversion.convert import hf_to_nemo, load_megatron_from_nemo, nemo_to_hf
-    from conversion.verify import hf_logits, tensor_differences
+    from minitron.conversion.convert import hf_to_nemo, load_megatron_from_nemo, nemo_to_hf
+    from minitron.conversion.verify import hf_logits, tensor_differences
     from minitron.runtime import cpu_compat, distributed
     from minitron.runtime.inference import forward_logits
 
@@ -39,7 +39,7 @@ def test_conversion_and_logits_on_gpu(tiny_hf, tmp_path):
 
 
 def test_bf16_model_on_gpu_tracks_fp32(tiny_hf, tmp_path):
-    from conversion.convert import hf_to_nemo, load_megatron_from_nemo
+    from minitron.conversion.convert import hf_to_nemo, load_megatron_from_nemo
     from minitron.runtime import distributed
     from minitron.runtime.inference import forward_logits
 
@@ -53,7 +53,7 @@ def test_bf16_model_on_gpu_tracks_fp32(tiny_hf, tmp_path):
 
 
 def test_torchrun_nccl_verify(tiny_hf, tmp_path):
-    from conversion.convert import hf_to_nemo
+    from minitron.conversion.convert import hf_to_nemo
 
     hf_to_nemo(tiny_hf, tmp_path / "nemo")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1",
@@ -65,8 +65,8 @@ def test_torchrun_nccl_verify(tiny_hf, tmp_path):
 
 def test_transformer_engine_spec_loads_local_spec_checkpoint(tiny_hf, tmp_path):
     pytest.importorskip("transformer_engine")
-    from conversion.convert import hf_to_nemo, load_megatron_from_nemo
-    from conversion.verify import hf_logits
+    from minitron.conversion.convert import hf_to_nemo, load_megatron_from_nemo
+    from minitron.conversion.verify import hf_logits
     from minitron.runtime.inference import forward_logits
 
     hf_to_nemo(tiny_hf, tmp_path / "nemo")  # written from the local spec

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from conftest import tiny_llama_config
-from conversion import llama_mapping as table
+from minitron.conversion import llama_mapping as table
 from minitron.runtime.llama import LlamaArch
 
 ARCH = LlamaArch.from_hf_config(tiny_llama_config().to_dict())

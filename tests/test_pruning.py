@@ -11,8 +11,9 @@ from safetensors.torch import save_file
 from torch.testing import assert_close
 
 from conftest import REPO, tokens
-from conversion.convert import load_megatron_from_nemo, nemo_to_hf
-from conversion.verify import hf_logits
+from minitron.conversion.convert import load_megatron_from_nemo, nemo_to_hf
+from minitron.conversion.verify import hf_logits
+from minitron import config
 from minitron.errors import MinitronError
 from minitron.pruning import importance as imp
 from minitron.pruning.config import PruneConfig, StudentConfig
@@ -33,7 +34,7 @@ def token_file(tmp_path_factory):
 
 def job(teacher, out, scores, token_file, **student):
     return PruneJob(teacher=str(teacher), output=str(out), scores=str(scores), tokens=str(token_file),
-                    student=dataclasses.asdict(StudentConfig(name="s", **student)), prune=dataclasses.asdict(CFG))
+                    student=StudentConfig(name="s", **student), prune=CFG)
 
 
 def reload_loss(nemo_dir, token_file):
@@ -168,9 +169,9 @@ def test_student_config_validation():
 def test_pipeline_parallel_pruning(tiny_nemo, token_file, tmp_path):
     j = job(tiny_nemo, tmp_path / "nemo", tmp_path / "scores", token_file, hidden_size=48, num_layers=3)
     j.pipeline_parallel, j.result = 2, str(tmp_path / "result.json")
-    j.save(tmp_path / "job.json")
+    config.save(j, tmp_path / "job.json")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "minitron.cli", "prune-job", str(tmp_path / "job.json")]
+           "-m", "minitron.pruning.prune", str(tmp_path / "job.json")]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "result.json").read_text())

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from conftest import run_minitron
-from deploy.serving.client import ServerProcess, get, post, stream
+from minitron.deploy.serving.client import ServerProcess, get, post, stream
 
 # PyTriton's gRPC clients warn on every call that only the inference timeout applies.
 pytestmark = pytest.mark.filterwarnings("ignore::pytriton.client.warnings.NotSupportedTimeoutWarning")
@@ -165,6 +165,7 @@ def _raw_post(srv, path: str, raw: bytes, method: str = "POST") -> tuple[int, di
 BAD_REQUESTS = [
     ("/v1/completions", b'{"prompt": "hi", "max_tokens": 4', 400, "not valid JSON"),
     ("/v1/completions", b'[1, 2]', 400, "JSON object"),
+    ("/v1/completions", b"[" * 100_000, 400, "nested too deeply"),  # RecursionError in the parser, not a 500
     ("/v1/completions", b'{"max_tokens": 4}', 400, "prompt"),
     ("/v1/completions", b'{"prompt": 5}', 400, "prompt"),
     ("/v1/completions", b'{"prompt": "hi", "max_tokens": 0}', 400, "max_tokens"),
@@ -235,7 +236,7 @@ def test_cancel_model_stops_a_running_request(server):
 def test_serve_errors_are_one_line(tiny_hf):
     import socket
 
-    from deploy.serving.server import resolve_model
+    from minitron.deploy.serving.server import resolve_model
     from minitron.errors import MinitronError
 
     with socket.socket() as busy:
@@ -251,7 +252,7 @@ def test_serve_errors_are_one_line(tiny_hf):
 
 def test_text_stream_holds_back_a_possible_stop_string():
     from conftest import byte_tokenizer
-    from deploy.serving.backend import TextStream
+    from minitron.deploy.serving.backend import TextStream
 
     tokenizer = byte_tokenizer()
     ids = tokenizer("hello world, hello moon")["input_ids"]
@@ -268,7 +269,7 @@ def test_text_stream_holds_back_a_possible_stop_string():
 
 
 def test_tensorrt_llm_backend_needs_a_gpu(tiny_hf):
-    from deploy.serving.backend import load_backend
+    from minitron.deploy.serving.server import load_backend
     from minitron.errors import MinitronError
 
     if torch.cuda.is_available():
@@ -280,7 +281,7 @@ def test_tensorrt_llm_backend_needs_a_gpu(tiny_hf):
 def test_default_model_is_the_newest_distilled_student(tmp_path, monkeypatch, tiny_hf):
     import os
 
-    from deploy.serving.server import default_model, fix_stub_libpython, served_name
+    from minitron.deploy.serving.server import default_model, fix_stub_libpython, served_name
 
     run = tmp_path / "runs" / "smollm2-135m_minitron_cpu"
     for i, student in enumerate(["width", "depth"]):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import REPO, run_minitron
-from conversion.verify import SAMPLE_TEXT
+from minitron.conversion.sample_text import SAMPLE_TEXT
 
 pytestmark = pytest.mark.smollm2
 
@@ -30,8 +30,8 @@ def test_gguf_import_gives_a_working_hf_checkpoint(smollm2_hf):
 
 
 def test_megatron_matches_transformers_on_real_text(smollm2_hf, tmp_path):
-    from conversion.convert import hf_to_nemo
-    from conversion.verify import megatron_vs_hf, tokenize
+    from minitron.conversion.convert import hf_to_nemo
+    from minitron.conversion.verify import megatron_vs_hf, tokenize
 
     hf_to_nemo(smollm2_hf, tmp_path / "nemo")
     tokens = tokenize(smollm2_hf, SAMPLE_TEXT)

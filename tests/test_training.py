@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from conftest import REPO, write_corpus, write_tiny_llama, write_tiny_recipe
-from conversion.convert import hf_to_nemo
+from minitron.conversion.convert import hf_to_nemo
 from minitron import config
 from minitron.data import DataConfig
 from minitron.errors import MinitronError
-from minitron.training.config import TrainConfig
+from minitron.training.config import KDConfig, TrainConfig
 from minitron.training.loop import TrainJob, train
 
 
@@ -37,7 +37,7 @@ def make_job(models, out, teacher=True, **train_kw):
     base.update(train_kw)
     data = DataConfig(source=str(models / "corpus.txt"), seq_length=32, cache_dir=str(models / "data"))
     return TrainJob(student=str(models / "student"), teacher=str(models / "teacher") if teacher else None,
-                    output=str(out), data=dataclasses.asdict(data), train=dataclasses.asdict(TrainConfig(**base)))
+                    output=str(out), data=data, train=TrainConfig(**base))
 
 
 def losses(out):
@@ -77,8 +77,8 @@ def test_kill_minus_9_then_resume(models, tmp_path):
     reference = tmp_path / "reference"
     train(make_job(models, reference, steps=12, save_interval=4, eval_interval=100))
     job = make_job(models, tmp_path / "killed", steps=12, save_interval=4, eval_interval=100)
-    job.save(tmp_path / "job.json")
-    cmd = [sys.executable, "-m", "minitron.cli", "train-job", str(tmp_path / "job.json")]
+    config.save(job, tmp_path / "job.json")
+    cmd = [sys.executable, "-m", "minitron.training.loop", str(tmp_path / "job.json")]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     metrics = tmp_path / "killed/metrics.jsonl"
@@ -105,8 +105,8 @@ def test_mismatched_vocabulary_is_refused(models, tmp_path):
 
 
 def test_nan_loss_stops_with_a_clear_error(models, tmp_path):
-    from conversion import nemo_checkpoint as nemo
-    from conversion.convert import load_megatron_from_nemo
+    from minitron.conversion import nemo_checkpoint as nemo
+    from minitron.conversion.convert import load_megatron_from_nemo
     from minitron.runtime import distributed
 
     distributed.initialize(1, 1)
@@ -139,9 +139,9 @@ def test_parallel_layouts_give_the_same_loss_curve(models, tmp_path):
     for name, tp, pp, n in (("tp1", 1, 1, 1), ("tp2", 2, 1, 2), ("pp2", 1, 2, 2), ("dp2", 1, 1, 2)):
         job = make_job(models, tmp_path / name, steps=10, eval_interval=10, save_interval=10)
         job.tensor_parallel, job.pipeline_parallel = tp, pp
-        job.save(tmp_path / f"{name}.json")
+        config.save(job, tmp_path / f"{name}.json")
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
-               "-m", "minitron.cli", "train-job", str(tmp_path / f"{name}.json")]
+               "-m", "minitron.training.loop", str(tmp_path / f"{name}.json")]
         proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
         curves[name] = losses(tmp_path / name)
@@ -153,9 +153,9 @@ def test_parallel_layouts_give_the_same_loss_curve(models, tmp_path):
 @pytest.mark.torchrun
 def test_batch_that_does_not_divide_over_data_parallel(models, tmp_path):
     job = make_job(models, tmp_path / "dp", global_batch_size=6, micro_batch_size=2)
-    job.save(tmp_path / "job.json")
+    config.save(job, tmp_path / "job.json")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-           "-m", "minitron.cli", "train-job", str(tmp_path / "job.json")]
+           "-m", "minitron.training.loop", str(tmp_path / "job.json")]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert "global_batch_size=6 is not divisible by micro_batch_size=2 x data_parallel=2" in proc.stderr
@@ -164,8 +164,8 @@ def test_batch_that_does_not_divide_over_data_parallel(models, tmp_path):
 def test_top_k_and_intermediate_losses(models, tmp_path):
     """Top-k logit KL and a cosine hidden-state loss between mapped layers (depth-pruned students)."""
     job = make_job(models, tmp_path / "kd", steps=4, eval_interval=4, save_interval=4)
-    job.train["kd"] = {"temperature": 2.0, "top_k": 16, "lm_loss": True, "kd_loss_scale": 1.0,
-                       "intermediate_pairs": [["decoder.layers.1", "decoder.layers.3", "cosine"]]}
+    job.train.kd = KDConfig(temperature=2.0, top_k=16, lm_loss=True, kd_loss_scale=1.0,
+                            intermediate_pairs=[["decoder.layers.1", "decoder.layers.3", "cosine"]])
     result = train(job)
     curve = losses(tmp_path / "kd")
     assert all(torch.isfinite(torch.tensor(curve))) and curve[-1] < curve[0]

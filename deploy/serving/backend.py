@@ -15,9 +15,6 @@ from typing import AsyncIterator, Protocol
 
 from minitron.errors import MinitronError
 
-BACKENDS = ("pytorch", "tensorrt_llm")
-
-
 @dataclasses.dataclass
 class SamplingParams:
     """Per-request sampling. temperature 0 means greedy (top_p/top_k/seed are then ignored)."""
@@ -128,16 +125,3 @@ class TextStream:
 def context_length(model_dir: Path) -> int:
     config = json.loads((Path(model_dir) / "config.json").read_text())
     return int(config.get("max_position_embeddings") or 2048)
-
-
-def load_backend(kind: str, model_dir: Path, name: str, **options) -> Backend:
-    """Build a backend; GPU-only backends fail with a one-line MinitronError where they cannot run."""
-    if kind == "pytorch":
-        from deploy.serving.torch_backend import TorchBackend
-
-        return TorchBackend(model_dir, name, **options)
-    if kind == "tensorrt_llm":
-        from deploy.serving.trtllm_backend import TensorRTLLMBackend
-
-        return TensorRTLLMBackend(model_dir, name, **options)
-    raise MinitronError(f"--backend {kind!r}: unknown backend; choose one of {', '.join(BACKENDS)}")

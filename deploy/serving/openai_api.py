@@ -276,6 +276,8 @@ async def _json_body(request: web.Request) -> dict:
         body = json.loads(await request.text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ApiError(400, f"the request body is not valid JSON: {e}") from None
+    except RecursionError:  # e.g. "[" x 100,000: nesting deeper than the parser's stack is a bad request
+        raise ApiError(400, "the request body is nested too deeply to be a chat or completion request") from None
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object")
     return body

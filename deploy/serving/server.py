@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import os
 import re
 import signal
@@ -25,11 +26,16 @@ REPO = Path(__file__).resolve().parents[2]
 DEFAULT_RECIPE = REPO / "recipes" / "smollm2-135m_minitron_cpu.yaml"
 EMBEDDED_DEFAULT = "embedded:smollm2-135m-instruct"
 
+#: --backend -> "module:class" of a `backend.Backend`. Imported only when chosen: TensorRT-LLM exists only
+#: in its GPU container, and nothing of torch may load before `passive_omp_threads`.
+BACKENDS = {"pytorch": "minitron.deploy.serving.torch_backend:TorchBackend",
+            "tensorrt_llm": "minitron.deploy.serving.trtllm_backend:TensorRTLLMBackend"}
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="HF checkpoint folder, TensorRT-LLM engine folder or embedded:<name> "
                                    "(default: newest distilled student of the default recipe, else the embedded model)")
-    p.add_argument("--backend", default="pytorch", choices=["pytorch", "tensorrt_llm"])
+    p.add_argument("--backend", default="pytorch", choices=list(BACKENDS))
     p.add_argument("--host", default="127.0.0.1", help="address to bind every endpoint to (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="OpenAI-compatible API port")
     p.add_argument("--triton-http-port", type=int, default=8100)
@@ -45,19 +51,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 # ---- which model ---------------------------------------------------------------------------------------
+# The training side (recipe, run folder, models) imports torch, which must wait for passive_omp_threads,
+# so these functions import it when called.
 def default_model() -> Path:
     """Newest distilled student of the default recipe, else the embedded default model."""
-    from minitron import config
     from minitron.models import resolve_hf_source
-    from minitron.recipe import Recipe
+    from minitron.recipe import load_recipe
+    from minitron.run_folder import RunFolder
 
     with contextlib.suppress(MinitronError):
-        recipe = config.load(Recipe, DEFAULT_RECIPE)
-        run_dir = Path(recipe.output_root) / recipe.name  # output_root is relative to the working directory
-        students = [p.parent for p in run_dir.glob("distill-*/hf/config.json")]
-        if students:
-            return max(students, key=lambda p: p.stat().st_mtime)
+        newest = RunFolder(load_recipe(DEFAULT_RECIPE)).newest_distilled()  # output_root is relative to cwd
+        if newest:
+            return newest
     return resolve_hf_source(EMBEDDED_DEFAULT)
+
+
+def load_backend(kind: str, model_dir: Path, name: str, **options):
+    """Build a backend; GPU-only backends fail with a one-line MinitronError where they cannot run."""
+    if kind not in BACKENDS:
+        raise MinitronError(f"--backend {kind!r}: unknown backend; choose one of {', '.join(BACKENDS)}")
+    module, cls = BACKENDS[kind].split(":")
+    return getattr(importlib.import_module(module), cls)(model_dir, name, **options)
 
 
 def resolve_model(model: str | None) -> Path:
@@ -120,8 +134,6 @@ def passive_omp_threads() -> None:
 
 def serve(args: argparse.Namespace) -> None:
     passive_omp_threads()
-    from deploy.serving.backend import load_backend
-
     if args.max_batch_size < 1 or args.batch_wait_ms < 0:
         raise MinitronError("--max-batch-size must be at least 1 and --batch-wait-ms not negative")
     model_dir = resolve_model(args.model)
@@ -170,7 +182,7 @@ def _triton(args, name: str, backend):
     from pytriton.model_config import DynamicBatcher, ModelConfig
     from pytriton.triton import Triton, TritonConfig
 
-    from deploy.serving.triton_model import CancelModel, GenerateModel, cancel_inputs_outputs, triton_inputs_outputs
+    from minitron.deploy.serving.triton_model import CancelModel, GenerateModel, cancel_inputs_outputs, triton_inputs_outputs
 
     config = TritonConfig(http_address=args.host, http_port=args.triton_http_port, grpc_address=args.host,
                           grpc_port=args.triton_grpc_port, metrics_address=args.host,
@@ -193,7 +205,7 @@ def _triton(args, name: str, backend):
 async def _run_facade(args, name: str, backend, triton, model_dir: Path) -> None:
     from aiohttp import web
 
-    from deploy.serving.openai_api import OpenAIFacade
+    from minitron.deploy.serving.openai_api import OpenAIFacade
 
     facade = OpenAIFacade(name, f"grpc://{_url_host(args.host)}:{args.triton_grpc_port}", backend.context_length)
     runner = web.AppRunner(facade.app(), access_log=None)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from deploy.serving.backend import Chunk, HFTokenizerMixin, SamplingParams, TextStream, context_length
+from minitron.deploy.serving.backend import Chunk, HFTokenizerMixin, SamplingParams, TextStream, context_length
 from minitron.errors import MinitronError
 
 

@@ -29,7 +29,7 @@ import threading
 
 import numpy as np
 
-from deploy.serving.backend import Backend, Chunk, SamplingParams
+from minitron.deploy.serving.backend import Backend, Chunk, SamplingParams
 from minitron.errors import MinitronError
 
 MAX_STOP_STRINGS = 4

@@ -17,7 +17,7 @@ import json
 import random
 from pathlib import Path
 
-from deploy.serving.backend import Chunk, HFTokenizerMixin, SamplingParams
+from minitron.deploy.serving.backend import Chunk, HFTokenizerMixin, SamplingParams
 from minitron.errors import MinitronError
 
 

@@ -21,7 +21,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from conversion.gguf_to_hf import cache_dir
+from minitron.io import cache_dir
 from minitron.data.html_text import html_to_text
 from minitron.errors import MinitronError
 

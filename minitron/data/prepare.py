@@ -89,7 +89,7 @@ def prepared_dir(data_cfg: DataConfig, tokenizer_dir: Path) -> Path:
 
 
 def _default_cache() -> Path:
-    from conversion.gguf_to_hf import cache_dir
+    from minitron.io import cache_dir
 
     return cache_dir() / "data"
 

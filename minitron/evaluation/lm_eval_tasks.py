@@ -214,7 +214,7 @@ def build_offline_tasks(out_dir: str | Path | None = None, items: int = TEST_ITE
     With ``out_dir`` the tasks are written there (it must not exist yet); otherwise into
     ``$MINITRON_CACHE/lm_eval_tasks/pydocs-<key>/`` and reused while the corpus is unchanged.
     """
-    from conversion.gguf_to_hf import cache_dir
+    from minitron.io import cache_dir
 
     if out_dir is None:
         target = cache_dir() / "lm_eval_tasks" / f"pydocs-{_build_key(source, items, seed)}"

@@ -11,27 +11,17 @@ import json
 import time
 from pathlib import Path
 
-from minitron.recipe import Recipe
+from minitron.run_folder import RunFolder, is_training, stage_kind
 
 DASH = "—"
 
 
-def collect(recipe: Recipe) -> dict:
-    """Every stage summary of the run that exists, by stage folder name."""
-    root = recipe.stage_dir("")
-    found = {}
-    for summary in sorted(root.glob("*/summary.json")):
-        if not summary.parent.name.startswith("."):
-            found[summary.parent.name] = {**json.loads(summary.read_text()), "_dir": str(summary.parent)}
-    return found
-
-
-def write(recipe: Recipe, out: Path) -> dict:
-    stages = collect(recipe)
+def write(folder: RunFolder, out: Path) -> dict:
+    stages = folder.summaries()
     results = stages.get("eval", {}).get("models", {})
     plots = [p for p in (_plot_losses(stages, out), _plot_importance(stages, out),
                          _plot_tradeoff(results, out), _plot_width_vs_depth(results, out)) if p]
-    text = "\n".join(_markdown(recipe, stages, results, plots)) + "\n"
+    text = "\n".join(_markdown(folder, stages, results, plots)) + "\n"
     (out / "report.md").write_text(text)
     return {"report": str(out / "report.md"), "plots": [str(out / p) for p in plots],
             "table": main_table(results)}
@@ -122,7 +112,7 @@ def _speed_table(results: dict) -> list[str]:
 def _training_table(stages: dict) -> list[str]:
     rows = []
     for name, s in stages.items():
-        if not (name == "teacher_correction" or name.startswith("distill-")):
+        if not is_training(name):
             continue
         val = s.get("validation") or {}
         rows.append([name, s["steps"], _fmt(s["tokens"]), _fmt(s.get("seconds_this_run"), 0),
@@ -138,7 +128,7 @@ def _pruning_table(stages: dict) -> list[str]:
     rows = []
     for name, s in stages.items():
         report_file = Path(s["_dir"]) / "report.json"
-        if not name.startswith("prune-") or not report_file.is_file():
+        if not stage_kind(name) == "prune" or not report_file.is_file():
             continue
         r = json.loads(report_file.read_text())
         p, loss = r["parameters"], r["validation_loss"]
@@ -150,11 +140,12 @@ def _pruning_table(stages: dict) -> list[str]:
     return _markdown_table(header, rows) if rows else ["(no pruning stage in this run)"]
 
 
-def _markdown(recipe: Recipe, stages: dict, results: dict, plots: list[str]) -> list[str]:
+def _markdown(folder: RunFolder, stages: dict, results: dict, plots: list[str]) -> list[str]:
+    recipe = folder.recipe
     ev = stages.get("eval", {})
     lines = [f"# Minitron run `{recipe.name}`", "",
              f"Teacher: `{recipe.model.source}`. Written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} "
-             f"from `{recipe.stage_dir('')}`.", "", "## Models", ""]
+             f"from `{folder.root}`.", "", "## Models", ""]
     if results:
         lines += _summary_table(results)
         lines += ["", f"Perplexity: {_fmt(ev.get('perplexity_tokens'))} tokens of {ev.get('perplexity_text')}, "
@@ -186,7 +177,7 @@ def _plot_losses(stages: dict, out: Path) -> str | None:
     curves = {}
     for name, s in stages.items():
         metrics = Path(s["_dir"]) / "metrics.jsonl"
-        if (name == "teacher_correction" or name.startswith("distill-")) and metrics.is_file():
+        if is_training(name) and metrics.is_file():
             last = {m["step"]: m for m in map(json.loads, metrics.read_text().splitlines())}
             curves[name] = [last[k] for k in sorted(last)]
     if not curves:
@@ -208,7 +199,7 @@ def _plot_losses(stages: dict, out: Path) -> str | None:
 def _plot_importance(stages: dict, out: Path) -> str | None:
     reports = {}
     for name, s in stages.items():
-        if name.startswith("prune-") and (Path(s["_dir"]) / "report.json").is_file():
+        if stage_kind(name) == "prune" and (Path(s["_dir"]) / "report.json").is_file():
             reports[name] = json.loads((Path(s["_dir"]) / "report.json").read_text())
     if not reports:
         return None

@@ -1,7 +1,7 @@
 """Cut one student from a teacher with Model Optimizer's ``mcore_minitron`` mode.
 
 `run_job` is collective: with pipeline parallelism it runs on every rank under torchrun
-(tensor parallelism must be 1, a Model Optimizer limit). Tokens for calibration and validation
+(``python -m minitron.pruning.prune JOB.json``; tensor parallelism must be 1, a Model Optimizer limit). Tokens for calibration and validation
 arrive pre-tokenized in a safetensors file, so every rank sees identical batches.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -17,14 +18,15 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from conversion import nemo_checkpoint as nemo
-from conversion.convert import load_megatron_from_nemo
+from minitron.conversion import nemo_checkpoint as nemo
+from minitron.conversion.convert import load_megatron_from_nemo
 from minitron.errors import MinitronError
 from minitron.pruning import importance as imp
 from minitron.pruning.config import PruneConfig, StudentConfig
 from minitron.pruning.modelopt_support import register_torch_rmsnorm
 from minitron.runtime import cpu_compat, distributed
 from minitron.runtime.inference import forward_only, lm_loss
+from minitron.runtime.launch import job_main
 from minitron.runtime.llama import LlamaArch
 
 SHAPE_KEYS = {"hidden_size": "hidden_size", "ffn_hidden_size": "ffn_hidden_size",
@@ -37,17 +39,10 @@ class PruneJob:
     output: str            # where the pruned NeMo checkpoint goes (must not exist)
     scores: str            # importance folder: read if present, else calibrated and written
     tokens: str            # safetensors with "calibration" and "validation" [n, s+1] token rows
-    student: dict
-    prune: dict
+    student: StudentConfig
+    prune: PruneConfig
     pipeline_parallel: int = 1
     result: str = ""       # JSON written by the last pipeline rank
-
-    def save(self, path: Path) -> None:
-        path.write_text(json.dumps(dataclasses.asdict(self), indent=2))
-
-    @classmethod
-    def load(cls, path: Path) -> "PruneJob":
-        return cls(**json.loads(Path(path).read_text()))
 
 
 def check_target(student: StudentConfig, arch: LlamaArch, cfg: PruneConfig, tensor_parallel: int,
@@ -152,8 +147,7 @@ def run_job(job: PruneJob) -> dict:
     """Calibrate (or reuse scores), prune, save the student as NeMo; return what happened."""
     import modelopt.torch.prune as mtp
 
-    cfg = PruneConfig(**{k: v for k, v in job.prune.items() if k != "students"})
-    student = StudentConfig(**job.student)
+    cfg, student = job.prune, job.student
     tokens = load_file(job.tokens)
     validation = _batches(tokens["validation"], cfg.calibration_batch_size)
     # Choices (which layers, which searched shape) are scored on training text, never on the
@@ -218,3 +212,7 @@ def _pruned_arch(model, teacher: LlamaArch) -> LlamaArch:
     return dataclasses.replace(teacher, hidden_size=c.hidden_size, ffn_hidden_size=c.ffn_hidden_size,
                                num_attention_heads=c.num_attention_heads, num_query_groups=c.num_query_groups,
                                head_dim=c.kv_channels, num_layers=c.num_layers)
+
+
+if __name__ == "__main__":
+    sys.exit(job_main(run_job, PruneJob, "one pruning job on every rank (written by the prune stage)"))

@@ -11,9 +11,9 @@ the loss curve does not depend on the parallel layout and a resumed run sees the
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
+import sys
 import shutil
 import time
 from dataclasses import dataclass
@@ -29,14 +29,14 @@ from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.tensor_parallel import reduce_from_tensor_model_parallel_region
 
-from conversion import nemo_checkpoint as nemo
-from conversion.convert import load_megatron_from_nemo
-from minitron import config as config_lib
+from minitron.conversion import nemo_checkpoint as nemo
+from minitron.conversion.convert import load_megatron_from_nemo
 from minitron.data import DataConfig, prepare, samples
 from minitron.data.tokenizer import tokenizer_hash
 from minitron.errors import MinitronError
 from minitron.runtime import cpu_compat, distributed
-from minitron.runtime.inference import position_ids
+from minitron.runtime.inference import lm_loss, position_ids
+from minitron.runtime.launch import job_main
 from minitron.training import checkpoint
 from minitron.training.config import TrainConfig
 
@@ -45,19 +45,12 @@ from minitron.training.config import TrainConfig
 class TrainJob:
     student: str                 # NeMo checkpoint to train
     output: str                  # checkpoints/, nemo/ (final student), metrics.jsonl, tensorboard/
-    data: dict                   # DataConfig
-    train: dict                  # TrainConfig
+    data: DataConfig
+    train: TrainConfig
     teacher: str | None = None   # NeMo checkpoint; None = LM-loss training (teacher correction)
     tensor_parallel: int = 1
     pipeline_parallel: int = 1
     max_steps_this_run: int | None = None  # stop early (tests: simulate a crash between checkpoints)
-
-    def save(self, path: Path) -> None:
-        path.write_text(json.dumps(dataclasses.asdict(self), indent=2))
-
-    @classmethod
-    def load(cls, path: Path) -> "TrainJob":
-        return cls(**json.loads(Path(path).read_text()))
 
 
 # ---- setup ----------------------------------------------------------------------------------------
@@ -197,8 +190,7 @@ def _my_rows(all_rows, step: int, cfg: TrainConfig) -> torch.Tensor:
 
 # ---- the loop -----------------------------------------------------------------------------------------
 def train(job: TrainJob) -> dict:
-    cfg = config_lib.build(TrainConfig, job.train, "train")
-    data_cfg = config_lib.build(DataConfig, job.data, "data")
+    cfg, data_cfg = job.train, job.data
     out = Path(job.output)
     student, arch, teacher = _setup(job, cfg)
     prepared = prepare(data_cfg, nemo.tokenizer_dir(job.student))
@@ -206,8 +198,6 @@ def train(job: TrainJob) -> dict:
     val_rows = torch.stack(list(samples(prepared, "validation", data_cfg.seq_length, cfg.eval_samples)))
     teacher_val = None
     if teacher is not None:
-        from minitron.runtime.inference import lm_loss
-
         teacher_val = lm_loss(teacher, [val_rows[i:i + cfg.micro_batch_size]
                                         for i in range(0, len(val_rows), cfg.micro_batch_size)])
         model = _distillation_model(student, teacher, cfg)
@@ -326,3 +316,7 @@ class _Logger:
             self.file.close()
             if self.tb:
                 self.tb.close()
+
+
+if __name__ == "__main__":
+    sys.exit(job_main(train, TrainJob, "one training job on every rank (written by a training stage)"))

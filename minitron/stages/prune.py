@@ -1,4 +1,4 @@
-"""Stage `prune-<student>`: Minitron-prune the imported teacher into one student.
+"""Stage `prune` (`prune-<student>`): Minitron-prune the teacher into one student.
 
 Writes ``nemo/`` (NeMo 2 checkpoint), ``hf/`` (transformers checkpoint), ``report.json`` and
 ``report.png``. Importance scores are cached per teacher + calibration settings under
@@ -7,37 +7,35 @@ Writes ``nemo/`` (NeMo 2 checkpoint), ``hf/`` (transformers checkpoint), ``repor
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
-from conversion.convert import load_megatron_from_nemo, nemo_to_hf
-from conversion.verify import hf_logits
+from minitron import config, data
+from minitron.conversion.convert import load_megatron_from_nemo, nemo_to_hf
+from minitron.conversion.verify import hf_logits
 from minitron.pruning import report
-from minitron.pruning.config import StudentConfig
 from minitron.pruning.prune import PruneJob, run_job
 from minitron.recipe import Recipe
+from minitron.run_folder import RunFolder, student_of
 from minitron.runtime import distributed
-from minitron.runtime.launch import run_cli
-from minitron.stages import import_model
+from minitron.runtime.inference import forward_logits
+from minitron.runtime.launch import run_module
 
 
-def scores_dir(recipe: Recipe, teacher: Path, token_digest: str) -> Path:
+def scores_dir(folder: RunFolder, teacher: Path, token_digest: str) -> Path:
     """Importance scores depend on the teacher, the calibration tokens and the search grid."""
-    p = recipe.prune
+    p, par = folder.recipe.prune, folder.recipe.parallel
     key = json.dumps([str(teacher.resolve()), token_digest, p.hidden_size_divisor, p.ffn_hidden_size_divisor,
-                      p.num_layers_divisor, p.dtype, p.calibration_batch_size, recipe.parallel.pipeline_parallel])
-    return Path(recipe.output_root) / recipe.name / "importance" / hashlib.sha256(key.encode()).hexdigest()[:16]
+                      p.num_layers_divisor, p.dtype, p.calibration_batch_size, par.pipeline_parallel])
+    return folder.importance_dir(hashlib.sha256(key.encode()).hexdigest()[:16])
 
 
 def write_tokens(recipe: Recipe, hf_dir: Path, path: Path) -> str:
     """Calibration rows from the train split, validation rows from the held-out split."""
-    from minitron import data
-
     prepared = data.prepare(recipe.data, hf_dir)
     seq = recipe.data.seq_length
     calibration = torch.stack(list(data.samples(prepared, "train", seq, recipe.prune.calibration_samples,
@@ -48,23 +46,23 @@ def write_tokens(recipe: Recipe, hf_dir: Path, path: Path) -> str:
     return digest
 
 
-def run(recipe: Recipe, out: Path, student: StudentConfig) -> dict:
-    from minitron.stages.train_model import teacher_nemo
-
-    paths = {"hf": import_model.outputs(recipe)["hf"], "nemo": teacher_nemo(recipe)}
+def run(folder: RunFolder, stage: str, out: Path) -> dict:
+    recipe = folder.recipe
+    student = next(s for s in recipe.prune.students if s.name == student_of(stage))
+    paths = {"hf": folder.imported_teacher()["hf"], "nemo": folder.teacher_nemo()}
     tokens = out / "tokens.safetensors"
     digest = write_tokens(recipe, paths["hf"], tokens)
-    scores = scores_dir(recipe, paths["nemo"], digest)
+    scores = scores_dir(folder, paths["nemo"], digest)
     scores.parent.mkdir(parents=True, exist_ok=True)
     job = PruneJob(teacher=str(paths["nemo"]), output=str(out / "nemo"), scores=str(scores), tokens=str(tokens),
-                   student=dataclasses.asdict(student), prune=dataclasses.asdict(recipe.prune),
-                   pipeline_parallel=recipe.parallel.pipeline_parallel, result=str(out / "prune_result.json"))
+                   student=student, prune=recipe.prune, pipeline_parallel=recipe.parallel.pipeline_parallel,
+                   result=str(out / "prune_result.json"))
     pp = recipe.parallel.pipeline_parallel
     if pp == 1:
         result = run_job(job)
     else:
-        job.save(out / "job.json")
-        run_cli(pp, ["prune-job", str(out / "job.json")], expect_result=False)
+        config.save(job, out / "job.json")
+        run_module(pp, "minitron.pruning.prune", [str(out / "job.json")], expect_result=False)
         result = json.loads((out / "prune_result.json").read_text())
     export = nemo_to_hf(out / "nemo", out / "hf")
     parity = _hf_parity(out / "nemo", out / "hf", tokens)
@@ -81,10 +79,6 @@ def run(recipe: Recipe, out: Path, student: StudentConfig) -> dict:
 
 def _hf_parity(nemo_dir: Path, hf_dir: Path, tokens_file: Path) -> float:
     """The exported HF student must compute what the pruned Megatron student computes."""
-    from safetensors.torch import load_file
-
-    from minitron.runtime.inference import forward_logits
-
     tokens = load_file(str(tokens_file))["validation"][:2, :-1]
     distributed.initialize(1, 1)
     model, _ = load_megatron_from_nemo(nemo_dir, dtype=torch.float32)

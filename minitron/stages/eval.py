@@ -18,20 +18,21 @@ import json
 from pathlib import Path
 
 from minitron.errors import MinitronError
+from minitron.evaluation import throughput as tp
+from minitron.evaluation.lm_eval_tasks import run_lm_eval
+from minitron.evaluation.perplexity import file_tokens, load_causal_lm, perplexity, split_tokens
 from minitron.io import write_json_atomic
+from minitron.pruning.report import parameter_breakdown
 from minitron.recipe import Recipe
+from minitron.run_folder import RunFolder
+from minitron.runtime.llama import LlamaArch
 
 
-def run_models(recipe: Recipe) -> dict[str, Path]:
-    """name -> HF checkpoint folder of every model the run has produced so far."""
-    stages = {"teacher": "import", "teacher-corrected": "teacher_correction"}
-    stages.update({f"{s.name}-pruned": f"prune-{s.name}" for s in recipe.prune.students})
-    stages.update({f"{s}-distilled": f"distill-{s}" for s in recipe.distilled_students()})
-    models = {}
-    for name, stage in stages.items():
-        summary = recipe.stage_dir(stage) / "summary.json"
-        if summary.is_file():
-            models[name] = Path(json.loads(summary.read_text())["hf"])
+def run_models(folder: RunFolder) -> dict[str, Path]:
+    """name -> HF checkpoint folder of the models to evaluate: the run's (or `eval.models` of them)
+    plus `eval.extra_models`."""
+    recipe = folder.recipe
+    stages, models = folder.model_stages(), folder.models()
     wanted = recipe.eval.models
     unknown = [m for m in wanted if m not in stages]
     if unknown:
@@ -43,7 +44,7 @@ def run_models(recipe: Recipe) -> dict[str, Path]:
         models = {m: models[m] for m in wanted}
     models.update(named_model(spec, "eval.extra_models") for spec in recipe.eval.extra_models)
     if not models:
-        raise MinitronError(f"run {recipe.name!r} has no model yet under {recipe.stage_dir('')}; "
+        raise MinitronError(f"run {recipe.name!r} has no model yet under {folder.root}; "
                             "run the import stage first (minitron run --config ...)")
     return models
 
@@ -56,8 +57,9 @@ def named_model(spec: str, source: str) -> tuple[str, Path]:
     return name, Path(path)
 
 
-def run(recipe: Recipe, out: Path, work: Path) -> dict:
-    models = run_models(recipe)
+def run(folder: RunFolder, stage: str, out: Path) -> dict:
+    recipe, work = folder.recipe, folder.work_dir(stage)
+    models = run_models(folder)
     cfg = recipe.eval
     tokenizer_dir = next(iter(models.values()))
     tokens = _eval_tokens(recipe, tokenizer_dir)
@@ -82,10 +84,6 @@ def run(recipe: Recipe, out: Path, work: Path) -> dict:
 
 
 def _model_facts(hf_dir: Path) -> dict:
-    from minitron.runtime.llama import LlamaArch
-
-    from minitron.pruning.report import parameter_breakdown
-
     arch = LlamaArch.from_hf_dir(hf_dir)
     parts = parameter_breakdown(arch)
     return {"params": sum(parts.values()), "non_embedding_params": sum(parts.values()) - parts["embedding"]
@@ -94,8 +92,6 @@ def _model_facts(hf_dir: Path) -> dict:
 
 
 def _eval_tokens(recipe: Recipe, tokenizer_dir: Path):
-    from minitron.evaluation.perplexity import file_tokens, split_tokens
-
     ppl = recipe.eval.perplexity
     if ppl.file:
         return file_tokens(ppl.file, tokenizer_dir, ppl.max_tokens, recipe.data.text_key)
@@ -103,8 +99,6 @@ def _eval_tokens(recipe: Recipe, tokenizer_dir: Path):
 
 
 def _perplexity(recipe: Recipe, hf_dir: Path, tokens) -> dict:
-    from minitron.evaluation.perplexity import load_causal_lm, perplexity
-
     ppl = recipe.eval.perplexity
     model = load_causal_lm(hf_dir, recipe.eval.dtype)
     window = ppl.window or recipe.data.seq_length
@@ -117,8 +111,6 @@ MAIN_METRIC = {"hellaswag": "acc_norm", "arc_challenge": "acc_norm", "arc_easy":
 
 
 def _lm_eval(recipe: Recipe, hf_dir: Path) -> dict:
-    from minitron.evaluation.lm_eval_tasks import run_lm_eval
-
     c = recipe.eval.lm_eval
     raw = run_lm_eval(hf_dir, c.tasks, limit=c.limit, batch_size=c.batch_size, num_fewshot=c.num_fewshot,
                       dtype=c.dtype, seed=recipe.data.seed)
@@ -134,9 +126,6 @@ def _lm_eval(recipe: Recipe, hf_dir: Path) -> dict:
 
 def _throughput(recipe: Recipe, models: dict[str, Path], facts: dict[str, dict], tokens, work: Path) -> dict:
     """Measure once per distinct architecture (pruned and distilled twins share one), all in turns."""
-    from minitron.evaluation import throughput as tp
-    from minitron.evaluation.perplexity import load_causal_lm
-
     cfg = recipe.eval.throughput
     shapes = {}
     for name in models:

@@ -1,0 +1,124 @@
+"""What the training stages (`teacher_correction`, `distill-<student>`) share: job, launch, export.
+
+Training works in ``<stage>.work/`` (checkpoints survive a killed run, so rerunning the recipe
+resumes there); the stage folder itself appears only when training finished, holding the
+trained model as ``nemo/`` and ``hf/``, ``metrics.jsonl``, ``loss.png`` and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import matplotlib
+
+from minitron import config
+from minitron.conversion.convert import nemo_to_hf
+from minitron.run_folder import RunFolder, is_training, stage_kind, stage_name, student_of
+from minitron.runtime import distributed
+from minitron.runtime.launch import run_module
+from minitron.training.loop import TrainJob, train
+
+matplotlib.use("Agg")  # files only, never a window
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+
+
+def make_job(folder: RunFolder, stage: str) -> TrainJob:
+    """The training job of stage `teacher_correction` or `distill-<student>` (the same on every rank)."""
+    recipe = folder.recipe
+    if stage == "teacher_correction":
+        section, student, teacher = recipe.teacher_correction, folder.imported_teacher()["nemo"], None
+    else:
+        section = recipe.distill
+        student, teacher = Path(folder.summary(stage_name("prune", student_of(stage)))["nemo"]), folder.teacher_nemo()
+    par = recipe.parallel
+    return TrainJob(student=str(student), teacher=str(teacher) if teacher else None,
+                    output=str(folder.work_dir(stage)), data=recipe.data, train=section.train_config(),
+                    tensor_parallel=par.tensor_parallel, pipeline_parallel=par.pipeline_parallel)
+
+
+def _train(job: TrainJob, folder: RunFolder) -> tuple[dict, float]:
+    """Run the job in this process, or on TP*PP*DP ranks under torchrun; (result, seconds)."""
+    par = folder.recipe.parallel
+    nproc = par.tensor_parallel * par.pipeline_parallel * par.data_parallel
+    start = time.perf_counter()
+    if nproc == 1:
+        result = train(job)
+    else:
+        job_file = Path(job.output) / "job.json"
+        config.save(job, job_file)
+        result = run_module(nproc, "minitron.training.loop", [str(job_file)])
+    return result, time.perf_counter() - start
+
+
+def train_stage(folder: RunFolder, stage: str, out: Path, trained: tuple[dict, float] | None = None) -> dict:
+    """Train (or take the result of ranks that trained under an external torchrun), then export."""
+    job = make_job(folder, stage)
+    work, teacher = Path(job.output), job.teacher
+    work.mkdir(parents=True, exist_ok=True)
+    result, seconds = trained or _train(job, folder)
+    for name in ("nemo", "metrics.jsonl", "tensorboard"):
+        if (work / name).exists():
+            shutil.move(str(work / name), str(out / name))
+    export = nemo_to_hf(out / "nemo", out / "hf")
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    _plot(metrics, out / "loss.png", "distillation" if teacher else "LM training")
+    last = {m["step"]: m for m in metrics}  # a resumed run logs some steps twice: keep the last
+    steps = sorted(last)
+    summary = {"nemo": str(out / "nemo"), "hf": str(out / "hf"), "teacher": str(teacher) if teacher else None,
+               "steps": result["steps"], "tokens": result["tokens"], "seconds_this_run": round(seconds, 1),
+               "validation": result["validation"], "teacher_validation_loss": result["teacher_validation_loss"],
+               "first_loss": last[steps[0]]["loss"], "final_loss": last[steps[-1]]["loss"],
+               "tokens_per_second": sum(m["tokens_per_second"] for m in last.values()) / len(last),
+               "checkpoints": str(work / "checkpoints"), "export_seconds": export["seconds"]}
+    if stage_kind(stage) == "distill":
+        summary["student"] = student_of(stage)
+        summary["pruned_validation_loss"] = folder.summary(stage_name("prune", student_of(stage)))["validation_loss"]
+    return summary
+
+
+def train_under_torchrun(folder: RunFolder) -> dict | None:
+    """Every rank trains each planned training stage; rank 0 then exports and writes the stage folder.
+
+    Under an external torchrun (multi-node: torchrun's rendezvous) the earlier stages must be done
+    already (`minitron run ... stages=[import, prune]`): they are single-process work, on a shared
+    filesystem.
+    """
+    names = [name for _, name in folder.planned() if is_training(name)]
+    rank0 = int(os.environ["RANK"]) == 0
+    for stage in names:
+        if folder.done(stage):
+            continue
+        start = time.perf_counter()
+        result = distributed.distributed_entry(train)(make_job(folder, stage))
+        # Export and the stage folder are rank 0's alone, in a world of one (loading the trained
+        # NeMo checkpoint is a collective); the other ranks wait for its summary, as the next
+        # stage reads it. If rank 0 fails, torchrun stops them.
+        distributed.shutdown()
+        if rank0:
+            trained = (result, time.perf_counter() - start)
+            with distributed.single_process():
+                folder.write_stage(stage, lambda tmp, s=stage: train_stage(folder, s, tmp, trained))
+        while not folder.done(stage):
+            time.sleep(1)
+    return {"stages": names, "output": str(folder.root)} if rank0 else None
+
+
+def _plot(metrics: list[dict], path: Path, title: str) -> None:
+    last = {m["step"]: m for m in metrics}
+    steps = sorted(last)
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    ax.plot(steps, [last[s]["loss"] for s in steps], label="train loss")
+    val = [(s, last[s]["val_lm_loss"]) for s in steps if "val_lm_loss" in last[s]]
+    if val:
+        ax.plot(*zip(*val), "o-", label="validation LM loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
