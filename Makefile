@@ -13,7 +13,7 @@ ARGS     ?=
 OUT_FLAG  = $(if $(OUT),--output $(OUT),)
 PYTEST_ARGS ?=
 
-.PHONY: eval report export build-engine bench-fp8 bench-trtllm prune-width prune-depth prune distill teacher-correct bench-distill bench-pruning setup demo run test test-unit test-fast convert-hf-to-nemo convert-nemo-to-hf model bench-conversion clean help
+.PHONY: eval report export build-engine bench-fp8 bench-trtllm prune-width prune-depth prune distill teacher-correct bench-distill bench-kd-loop bench-pruning setup demo run test test-unit test-fast convert-hf-to-nemo convert-nemo-to-hf model bench-conversion clean help
 
 help:
 	@echo "make demo            the whole pipeline on the embedded SmolLM2 on CPU (~35 min), ending with its report"
@@ -25,6 +25,7 @@ help:
 	@echo "make eval / report   perplexity, lm-eval tasks and speed of every model of the run; report.md + plots"
 	@echo "make bench-conversion  time and peak memory of the SmolLM2 conversions"
 	@echo "make bench-pruning     activation vs baselines, calibration overhead, recipe wall time"
+	@echo "make bench-kd-loop     the KD loop vs a plain transformers + PyTorch KD loop: tokens/s, share of peak, held-out loss"
 	@echo "make serve             PyTriton + OpenAI API on 127.0.0.1 (MODEL=dir, BACKEND=tensorrt_llm, SERVE_ARGS=...)"
 	@echo "make query             one chat request to the running server (PROMPT='...')"
 	@echo "make bench-serving     64 concurrent clients vs one at a time against the CPU server (SmolLM2)"
@@ -75,8 +76,13 @@ distill: setup
 teacher-correct: setup
 	$(MINITRON) teacher-correct --config $(RECIPE) $(OUT_FLAG) $(ARGS)
 
-bench-distill: setup
+# The KD loop vs a plain transformers + PyTorch KD loop (same tokens, batch, precision), then exactness,
+# throughput and recovery of distillation. bench-kd-loop alone takes a few minutes.
+bench-distill: bench-kd-loop
 	$(PY) benchmarks/bench_distill.py
+
+bench-kd-loop: setup
+	$(PY) benchmarks/bench_kd_loop.py $(ARGS)
 
 # Deployment (deploy/README.md): export the newest distilled student of the default recipe, else the
 # embedded SmolLM2. An existing export folder is reused; remove it (or set EXPORT_DIR) to redo it.

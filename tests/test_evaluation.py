@@ -144,7 +144,7 @@ def test_eval_and_report_stages_on_tiny_run(tiny_hf, tmp_path):
     from minitron import config, pipeline
     from minitron.recipe import Recipe
 
-    extra = ("eval:\n  skip: [lm_eval]\n  perplexity: {max_tokens: 600, batch_size: 2}\n"
+    extra = ("eval:\n  skip: [lm_eval]\n  dtype: float32\n  perplexity: {max_tokens: 600, batch_size: 2}\n"
              "  throughput: {batch_sizes: [1, 2], prompt_tokens: 16, new_tokens: 4, repeats: 1, dtype: float32}\n")
     path = write_tiny_recipe(tmp_path, tiny_hf, "[import, prune, eval, report]",
                              "[{name: depth, num_layers: 2}]", extra)

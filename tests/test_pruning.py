@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 from torch.testing import assert_close
 
-from conftest import REPO, tokens
+from conftest import REPO, tokens, write_tiny_llama
 from minitron.conversion.convert import load_megatron_from_nemo, nemo_to_hf
 from minitron.conversion.verify import hf_logits
 from minitron import config
@@ -149,11 +149,47 @@ def test_parameter_budget_search_respects_the_budget(tiny_nemo, token_file, tmp_
     (dict(num_attention_heads=6), 1, 1, "not a multiple of the 4 KV groups"),
     (dict(num_layers=2), 2, 1, "tensor_parallel=1"),
     (dict(num_layers=2, depth_method="lm_loss"), 1, 2, "lm_loss needs pipeline_parallel=1"),
+    (dict(drop_layers=[3, 5]), 1, 1, "drop_layers [5] out of range: the teacher has layers 1..4"),
+    (dict(drop_layers=[3, 4], num_layers=3), 1, 1, "num_layers=3 but drop_layers leaves 2 of 4"),
 ])
 def test_impossible_targets_are_refused_up_front(tiny_hf, student, tp, pp, message):
     arch = LlamaArch.from_hf_dir(tiny_hf)
     problems = check_target(StudentConfig(name="x", **student), arch, CFG, tp, pp)
     assert any(message in p for p in problems), problems
+
+
+def test_drop_layers_reproduces_the_4b_depth_choice(tmp_path, token_file):
+    """Llama-3.1-Minitron-4B-Depth drops layers 16..31 of 32 (1-indexed, as NeMo's tutorial and Model
+    Optimizer number them): layers 1-15 and 32 remain, in order, with their weights unchanged."""
+    from minitron.conversion.convert import hf_to_nemo
+
+    teacher_hf = write_tiny_llama(tmp_path / "hf32", num_hidden_layers=32, hidden_size=32, intermediate_size=48,
+                                  num_attention_heads=4, num_key_value_heads=2, head_dim=8)
+    hf_to_nemo(teacher_hf, tmp_path / "nemo32")
+    dropped = list(range(16, 32))
+    result = run_job(job(tmp_path / "nemo32", tmp_path / "student", tmp_path / "scores", token_file,
+                         drop_layers=dropped))
+    assert result["arch"]["num_layers"] == 16 and result["layers_dropped"] == dropped
+    assert result["layers_kept"] == [*range(1, 16), 32]
+    nemo_to_hf(tmp_path / "student", tmp_path / "student_hf")
+    from safetensors.torch import load_file
+
+    teacher = {k: v for f in teacher_hf.glob("*.safetensors") for k, v in load_file(str(f)).items()}
+    student = {k: v for f in (tmp_path / "student_hf").glob("*.safetensors") for k, v in load_file(str(f)).items()}
+    for new, old in enumerate([*range(1, 16), 32]):  # HF layers are 0-indexed
+        for name in ("self_attn.q_proj.weight", "mlp.down_proj.weight", "input_layernorm.weight"):
+            assert torch.equal(student[f"model.layers.{new}.{name}"], teacher[f"model.layers.{old - 1}.{name}"])
+
+
+@pytest.mark.parametrize("student, message", [
+    (dict(drop_layers=[2, 2, 3]), "drop_layers lists [2] more than once"),
+    (dict(drop_layers=[0, 1]), "1-indexed"),
+    (dict(drop_layers=[3], depth_method="tail"), "leave out depth_method='tail'"),
+])
+def test_bad_drop_layers_are_one_line_errors(student, message):
+    with pytest.raises(MinitronError) as e:
+        config.build(StudentConfig, {"name": "x", **student})
+    assert message in str(e.value) and "\n" not in str(e.value)
 
 
 def test_student_config_validation():

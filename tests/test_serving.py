@@ -41,7 +41,7 @@ def _processes_left(pgid: int, wait_s: float = 15.0) -> list[str]:
 @pytest.fixture(scope="module")
 def server(tiny_hf, tmp_path_factory):
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    srv = ServerProcess(tiny_hf, "--max-batch-size", "8", log_path=log)
+    srv = ServerProcess(tiny_hf, "--max-batch-size", "8", "--dtype", "fp32", log_path=log)  # vs an fp32 reference
     yield srv
     # Clean shutdown: SIGTERM ends the facade, Triton (its tritonserver child) and the engine; nothing is left.
     assert srv.stop() == 0, log.read_text()[-3000:]
@@ -308,7 +308,7 @@ def test_smollm2_chat_through_server_equals_generate(smollm2_hf, tmp_path):
     text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     expected = tokenizer.decode(_offline_greedy(smollm2_hf, prompt_ids, 24), skip_special_tokens=True)
-    with ServerProcess("embedded:smollm2-135m-instruct", log_path=tmp_path / "serve.log") as srv:
+    with ServerProcess("embedded:smollm2-135m-instruct", "--dtype", "fp32", log_path=tmp_path / "serve.log") as srv:
         body = {"model": srv.model, "messages": messages, "max_tokens": 24, "temperature": 0}
         status, answer = post(f"{srv.url}/v1/chat/completions", body)
         assert status == 200 and answer["choices"][0]["message"]["content"] == expected

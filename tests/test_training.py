@@ -58,6 +58,17 @@ def test_distillation_reduces_kd_loss_and_exports(models, tmp_path):
     assert kept == ["step_00000006", "step_00000008"]  # keep_last=2
 
 
+def test_chunked_kd_loss_trains_like_model_optimizers(models, tmp_path):
+    """The chunked logit KL (default) and Model Optimizer's unchunked loss: the same steps, fp32 rounding apart."""
+    chunked = train(make_job(models, tmp_path / "chunked", steps=4, eval_interval=4, save_interval=4,
+                             kd=KDConfig(chunk_tokens=7)))
+    unchunked = train(make_job(models, tmp_path / "unchunked", steps=4, eval_interval=4, save_interval=4,
+                               kd=KDConfig(chunk_tokens=None)))
+    assert losses(tmp_path / "chunked") == pytest.approx(losses(tmp_path / "unchunked"), rel=1e-5)
+    assert chunked["validation"]["kd_loss"] == pytest.approx(unchunked["validation"]["kd_loss"], rel=1e-5)
+    assert chunked["precision"]["precision"] == "fp32" and chunked["precision"]["requested"] == "fp32"
+
+
 def test_lm_training_bf16_reduces_loss(models, tmp_path):
     result = train(make_job(models, tmp_path / "lm", teacher=False, precision="bf16", steps=8))
     curve = losses(tmp_path / "lm")

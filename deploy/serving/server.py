@@ -44,7 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--served-model-name", help="model name in Triton and /v1/models (default: from the folder)")
     p.add_argument("--tokenizer", help="tensorrt_llm with an engine folder: the HF folder with the tokenizer")
     p.add_argument("--device", help="pytorch backend: cpu or cuda (default: cuda when available)")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="pytorch backend weights dtype")
+    p.add_argument("--dtype", choices=["auto", "bf16", "fp32", "bfloat16", "float32"], default="auto",
+                   help="pytorch backend: weights dtype; auto = bf16 on GPUs and CPUs with native bf16, else fp32")
     p.add_argument("--max-batch-size", type=int, default=64, help="requests generated together at most")
     p.add_argument("--batch-wait-ms", type=float, default=10.0,
                    help="pytorch backend: how long a new batch waits for more requests")

@@ -22,6 +22,7 @@ import torch
 
 from minitron.deploy.serving.backend import Chunk, HFTokenizerMixin, SamplingParams, TextStream, context_length
 from minitron.errors import MinitronError
+from minitron.runtime.precision import resolve as resolve_precision
 
 
 @dataclasses.dataclass(eq=False)
@@ -77,9 +78,10 @@ class TorchBackend(HFTokenizerMixin):
         self.model_dir = Path(model_dir)
         self.context_length = context_length(self.model_dir)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        # bf16 matmuls are slow on CPU; fp32 there, bf16 on GPU.
-        torch_dtype = getattr(torch, dtype) if dtype else (torch.bfloat16 if self.device.type == "cuda"
-                                                           else torch.float32)
+        # auto: bf16 on GPUs and on CPUs that compute it natively, fp32 elsewhere (bf16 is emulated,
+        # hundreds of times slower, on AVX2-only CPUs).
+        self.precision = resolve_precision(dtype or "auto", self.device)
+        torch_dtype = self.precision.dtype
         # No trust_remote_code, safetensors only: a served folder must not be able to run code.
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir, trust_remote_code=False)
         self.model = AutoModelForCausalLM.from_pretrained(

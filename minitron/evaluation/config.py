@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 
 from minitron.config import at_least_one, doc
+from minitron.runtime.precision import check as check_precision
 
 
 @dataclass
@@ -36,10 +37,11 @@ class LmEvalSection:
     limit: Optional[int] = doc(200, "items per task (null = all)")
     num_fewshot: int = doc(0, "few-shot examples per item")
     batch_size: int = doc(8, "lm-eval batch size")
-    dtype: str = doc("bfloat16", "model dtype inside lm-eval (bf16 is ~4x faster than fp32 on CPU)")
+    dtype: str = doc("auto", "model dtype inside lm-eval: auto|bf16|fp32 (auto: bf16 where the hardware "
+                             "computes it natively, else fp32)")
 
     def check(self) -> list[str]:
-        problems = at_least_one(self, ["batch_size"], "eval.lm_eval.")
+        problems = at_least_one(self, ["batch_size"], "eval.lm_eval.") + check_precision(self.dtype, "eval.lm_eval.dtype")
         if self.limit is not None and self.limit < 1:
             problems.append(f"eval.lm_eval.limit={self.limit} must be >= 1 or null")
         if self.num_fewshot < 0:
@@ -53,10 +55,11 @@ class ThroughputSection:
     prompt_tokens: int = doc(128, "prompt length (held-out text)")
     new_tokens: int = doc(32, "greedy tokens generated per request (EOS ignored)")
     repeats: int = doc(3, "timed runs per point (median), after one warm-up")
-    dtype: str = doc("bfloat16", "model dtype for the speed measurement")
+    dtype: str = doc("auto", "model dtype for the speed measurement: auto|bf16|fp32")
 
     def check(self) -> list[str]:
         problems = at_least_one(self, ["prompt_tokens", "new_tokens", "repeats"], "eval.throughput.")
+        problems += check_precision(self.dtype, "eval.throughput.dtype")
         if not self.batch_sizes or min(self.batch_sizes) < 1:
             problems.append(f"eval.throughput.batch_sizes={self.batch_sizes} must be a non-empty list of sizes >= 1")
         return problems
@@ -68,8 +71,11 @@ class EvalConfig:
                                 "teacher-corrected, <student>-pruned, <student>-distilled); empty = all")
     extra_models: list[str] = doc([], "more HF checkpoints to evaluate alongside, as NAME=HF_DIR (e.g. an "
                                       "FP8 export)")
-    dtype: str = doc("float32", "model dtype for perplexity")
+    dtype: str = doc("auto", "model dtype for perplexity: auto|bf16|fp32")
     perplexity: PerplexitySection = doc(PerplexitySection, "held-out perplexity")
     lm_eval: LmEvalSection = doc(LmEvalSection, "downstream tasks through lm-evaluation-harness")
     throughput: ThroughputSection = doc(ThroughputSection, "prefill/decode speed, teacher vs students")
     skip: list[Literal["perplexity", "lm_eval", "throughput"]] = doc([], "measurements to leave out")
+
+    def check(self) -> list[str]:
+        return check_precision(self.dtype, "eval.dtype")

@@ -33,6 +33,7 @@ import yaml
 
 from minitron.data.publish import building
 from minitron.errors import MinitronError
+from minitron.runtime.precision import resolve as resolve_precision
 
 CORPUS = "embedded:python-docs"
 BUILD_VERSION = 1
@@ -352,6 +353,7 @@ def _load_model(hf_dir: Path, batch_size, device: str, dtype: str):
     from lm_eval.models.huggingface import HFLM
 
     try:
+        dtype = {"bf16": "bfloat16", "fp32": "float32"}[resolve_precision(dtype, device).name]
         return HFLM(pretrained=str(hf_dir), device=device, batch_size=batch_size, dtype=dtype)
     except (OSError, ValueError, KeyError) as e:
         raise MinitronError(f"{hf_dir}: lm-eval could not load the model: {_one_line(e)}") from None

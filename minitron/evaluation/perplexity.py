@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from minitron.errors import MinitronError
+from minitron.runtime.precision import resolve as resolve_precision
 
 
 @dataclass
@@ -141,14 +142,16 @@ def file_tokens(path: str | Path, tokenizer_dir: str | Path, max_tokens: int | N
 
 
 def load_causal_lm(hf_dir: str | Path, dtype: str = "float32"):
-    """A transformers causal LM from a checkpoint folder, in eval mode (no remote code)."""
+    """A transformers causal LM from a checkpoint folder, in eval mode (no remote code).
+
+    `dtype`: auto|bf16|fp32 (or bfloat16/float32); auto follows the hardware (minitron.runtime.precision)."""
     from transformers import AutoModelForCausalLM
 
     hf_dir = Path(hf_dir)
     if not (hf_dir / "config.json").is_file():
         raise MinitronError(f"{hf_dir}: not a model folder (no config.json); give an exported HF checkpoint")
     try:
-        model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=getattr(torch, dtype), use_safetensors=True,
+        model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=resolve_precision(dtype).dtype, use_safetensors=True,
                                                      trust_remote_code=False)
     except (OSError, ValueError, KeyError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]

@@ -109,17 +109,30 @@ def _speed_table(results: dict) -> list[str]:
     return _markdown_table(header, rows) if rows else ["(throughput not measured)"]
 
 
+def _hardware(stages: dict) -> list[str]:
+    """Where the numbers were measured and in which precision (each stage records its choice)."""
+    choices = {name: s["precision"] for name, s in stages.items() if is_training(name) and s.get("precision")}
+    choices.update({f"eval {what}": p for what, p in (stages.get("eval", {}).get("precision") or {}).items()})
+    if not choices:
+        return []
+    first = next(iter(choices.values()))
+    lines = [f"Hardware: CPU capability {first.get('cpu_capability')}, {first.get('cpu_threads')} threads, "
+             f"GPU {first.get('gpu') or 'none'}. Precision (`auto` follows the hardware):"]
+    return lines + [f"* {name}: {p['precision']} (asked {p['requested']}: {p['reason']})" for name, p in choices.items()]
+
+
 def _training_table(stages: dict) -> list[str]:
     rows = []
     for name, s in stages.items():
         if not is_training(name):
             continue
         val = s.get("validation") or {}
-        rows.append([name, s["steps"], _fmt(s["tokens"]), _fmt(s.get("seconds_this_run"), 0),
+        rows.append([name, s["steps"], _fmt(s["tokens"]), (s.get("precision") or {}).get("precision", DASH),
+                     _fmt(s.get("seconds_this_run"), 0),
                      _fmt(s.get("tokens_per_second"), 0), _fmt(s.get("pruned_validation_loss"), 4),
                      _fmt(val.get("lm_loss"), 4), _fmt(s.get("teacher_validation_loss"), 4),
                      _fmt(val.get("kd_loss"), 4)])
-    header = ["stage", "steps", "tokens", "wall (s)", "tok/s", "val loss before", "val loss after",
+    header = ["stage", "steps", "tokens", "precision", "wall (s)", "tok/s", "val loss before", "val loss after",
               "teacher val loss", "val KD loss"]
     return _markdown_table(header, rows) if rows else ["(no training stage in this run)"]
 
@@ -145,7 +158,7 @@ def _markdown(folder: RunFolder, stages: dict, results: dict, plots: list[str]) 
     ev = stages.get("eval", {})
     lines = [f"# Minitron run `{recipe.name}`", "",
              f"Teacher: `{recipe.model.source}`. Written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} "
-             f"from `{folder.root}`.", "", "## Models", ""]
+             f"from `{folder.root}`.", ""] + _hardware(stages) + ["", "## Models", ""]
     if results:
         lines += _summary_table(results)
         lines += ["", f"Perplexity: {_fmt(ev.get('perplexity_tokens'))} tokens of {ev.get('perplexity_text')}, "

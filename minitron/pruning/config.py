@@ -20,12 +20,17 @@ class StudentConfig:
     depth_method: Literal["importance", "contiguous", "lm_loss", "tail"] = doc(
         "importance", "which layers go: lowest Minitron layer scores, the lowest-scoring contiguous block "
         "(first and last layers kept), lowest LM-loss increase when removed one at a time, or simply the last ones")
+    drop_layers: list[int] = doc([], "depth by name: the layers to drop, 1-indexed as Model Optimizer's "
+                                     "drop_mcore_language_model_layers and NeMo's Minitron tutorial number them "
+                                     "(Llama-3.1-Minitron-4B-Depth: 16..31 of 32, keeping 1-15 and 32); "
+                                     "num_layers, if given, must equal the layers left")
     params: Optional[float] = doc(None, "instead of a shape: parameter budget as a fraction of the teacher "
                                         "(e.g. 0.5); Model Optimizer searches shapes and picks the best by "
                                         "validation loss")
 
     def check(self) -> list[str]:
-        shape = [self.hidden_size, self.ffn_hidden_size, self.num_attention_heads, self.num_layers]
+        shape = [self.hidden_size, self.ffn_hidden_size, self.num_attention_heads, self.num_layers,
+                 self.drop_layers or None]
         problems = []
         if self.params is not None and any(v is not None for v in shape):
             problems.append(f"student {self.name}: give either params or a target shape, not both")
@@ -36,7 +41,19 @@ class StudentConfig:
         for key, value in zip(("hidden_size", "ffn_hidden_size", "num_attention_heads", "num_layers"), shape):
             if value is not None and value <= 0:
                 problems.append(f"student {self.name}: {key}={value} must be > 0")
+        repeated = sorted({n for n in self.drop_layers if self.drop_layers.count(n) > 1})
+        if repeated:
+            problems.append(f"student {self.name}: drop_layers lists {repeated} more than once")
+        if any(n < 1 for n in self.drop_layers):
+            problems.append(f"student {self.name}: drop_layers {self.drop_layers} are 1-indexed (the first layer is 1)")
+        if self.drop_layers and self.depth_method != "importance":
+            problems.append(f"student {self.name}: drop_layers names the layers; leave out "
+                            f"depth_method={self.depth_method!r}")
         return problems
+
+    def target_layers(self, teacher_layers: int) -> Optional[int]:
+        """The student's layer count: num_layers, or what drop_layers leaves of the teacher's."""
+        return teacher_layers - len(self.drop_layers) if self.drop_layers else self.num_layers
 
 
 @dataclass

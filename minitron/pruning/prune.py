@@ -69,7 +69,17 @@ def check_target(student: StudentConfig, arch: LlamaArch, cfg: PruneConfig, tens
     if heads is not None and heads % arch.num_query_groups:
         problems.append(f"student {student.name}: num_attention_heads={heads} is not a multiple of the "
                         f"{arch.num_query_groups} KV groups (groups are kept)")
-    layers = student.num_layers
+    out_of_range = [n for n in student.drop_layers if n > arch.num_layers]
+    if out_of_range:
+        problems.append(f"student {student.name}: drop_layers {out_of_range} out of range: the teacher has layers "
+                        f"1..{arch.num_layers} (1-indexed)")
+    layers = student.target_layers(arch.num_layers)
+    if student.drop_layers and student.num_layers is not None and student.num_layers != layers:
+        problems.append(f"student {student.name}: num_layers={student.num_layers} but drop_layers leaves {layers} "
+                        f"of {arch.num_layers}; give one of them, or make them agree")
+    elif student.drop_layers and layers != arch.num_layers and layers % cfg.num_layers_divisor:
+        problems.append(f"student {student.name}: drop_layers leaves {layers} layers, not on the search grid "
+                        f"(multiples of prune.num_layers_divisor={cfg.num_layers_divisor})")
     if layers is not None and pipeline_parallel > 1 and layers < pipeline_parallel:
         problems.append(f"student {student.name}: num_layers={layers} < pipeline_parallel={pipeline_parallel}")
     if student.depth_method == "lm_loss" and layers is not None and pipeline_parallel > 1:
@@ -131,8 +141,10 @@ def _removal_losses(model, batches: list[torch.Tensor]) -> dict[int, float]:
 def layer_ranking(student: StudentConfig, scores: imp.ImportanceScores, model, arch: LlamaArch,
                   selection) -> tuple[dict[int, float], dict]:
     """Scores that make Model Optimizer drop the layers `student.depth_method` chooses."""
-    n, keep = arch.num_layers, student.num_layers or arch.num_layers
+    n, keep = arch.num_layers, student.target_layers(arch.num_layers) or arch.num_layers
     method = student.depth_method
+    if student.drop_layers:  # named, as NeMo's tutorial and the published 4B-Depth model do
+        return imp.scores_dropping(student.drop_layers, n), {"drop_layers": sorted(student.drop_layers)}
     if keep == n or method == "importance":
         return scores.layer_scores, {}
     if method == "tail":
@@ -169,6 +181,8 @@ def run_job(job: PruneJob) -> dict:
         search.update(score_func=lambda m: -lm_loss(m, selection), top_k=cfg.top_k)
     else:
         export = {key: getattr(student, key) for key in SHAPE_KEYS if getattr(student, key) is not None}
+        if student.drop_layers:
+            export["num_layers"] = student.target_layers(arch.num_layers)
         constraints = {"export_config": export}
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

@@ -26,6 +26,7 @@ from minitron.pruning.report import parameter_breakdown
 from minitron.recipe import Recipe
 from minitron.run_folder import RunFolder
 from minitron.runtime.llama import LlamaArch
+from minitron.runtime.precision import resolve as resolve_precision
 
 
 def run_models(folder: RunFolder) -> dict[str, Path]:
@@ -79,7 +80,9 @@ def run(folder: RunFolder, stage: str, out: Path) -> dict:
         for name in models:
             results[name]["throughput"] = speed[name]
     write_json_atomic(out / "results.json", results)
-    return {"models": results, "perplexity_tokens": len(tokens),
+    precision = {what: resolve_precision(dtype).to_dict() for what, dtype in
+                 (("perplexity", cfg.dtype), ("lm_eval", cfg.lm_eval.dtype), ("throughput", cfg.throughput.dtype))}
+    return {"models": results, "precision": precision, "perplexity_tokens": len(tokens),
             "perplexity_text": cfg.perplexity.file or f"{recipe.data.source} [{cfg.perplexity.split}]"}
 
 
@@ -131,7 +134,8 @@ def _throughput(recipe: Recipe, models: dict[str, Path], facts: dict[str, dict],
     for name in models:
         shapes.setdefault(json.dumps(facts[name], sort_keys=True), []).append(name)
     measured = {names[0]: models[names[0]] for names in shapes.values()}
-    key = {"models": {n: _checkpoint_key(p) for n, p in measured.items()}, **dataclasses.asdict(cfg)}
+    key = {"models": {n: _checkpoint_key(p) for n, p in measured.items()}, **dataclasses.asdict(cfg),
+           "precision": resolve_precision(cfg.dtype).name}
 
     def measure():
         loaded = {n: load_causal_lm(p, cfg.dtype) for n, p in measured.items()}
@@ -144,7 +148,10 @@ def _throughput(recipe: Recipe, models: dict[str, Path], facts: dict[str, dict],
 
 def _settings(recipe: Recipe, what: str) -> dict:
     section = dataclasses.asdict(getattr(recipe.eval, what))
-    return {**section, "dtype_eval": recipe.eval.dtype, "data": dataclasses.asdict(recipe.data)}
+    dtype = recipe.eval.dtype if what == "perplexity" else section["dtype"]
+    # `auto` differs between machines: the key holds what it resolved to here.
+    return {**section, "dtype_eval": recipe.eval.dtype, "precision": resolve_precision(dtype).name,
+            "data": dataclasses.asdict(recipe.data)}
 
 
 def _checkpoint_key(hf_dir: Path) -> list:

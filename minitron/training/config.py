@@ -17,6 +17,9 @@ class KDConfig:
     intermediate_pairs: list[list[str]] = doc([], "[student_module, teacher_module, cosine|mse] hidden-state "
                                               "losses, e.g. for depth-pruned students "
                                               "[decoder.layers.7, decoder.layers.15, cosine]")
+    chunk_tokens: Optional[int] = doc(16, "compute the logit KL over chunks of this many tokens, so the fp32 "
+                                           "[tokens x vocab] temporaries never all exist at once (the same loss; "
+                                           "null: Model Optimizer's unchunked loss)")
 
     def check(self) -> list[str]:
         problems = []
@@ -24,6 +27,8 @@ class KDConfig:
             problems.append("kd.temperature must be > 0")
         if self.top_k is not None and self.top_k < 1:
             problems.append("kd.top_k must be >= 1")
+        if self.chunk_tokens is not None and self.chunk_tokens < 1:
+            problems.append("kd.chunk_tokens must be >= 1 or null")
         bad = [p for p in self.intermediate_pairs if len(p) not in (2, 3)]
         if bad:
             problems.append(f"kd.intermediate_pairs entries need 2 or 3 items, got {bad}")
@@ -44,7 +49,9 @@ class TrainConfig:
     adam_beta2: float = doc(0.95, "AdamW beta2")
     adam_eps: float = doc(1e-8, "AdamW epsilon")
     clip_grad: float = doc(1.0, "clip the global gradient norm to this (0 disables)")
-    precision: Literal["bf16", "fp32"] = doc("bf16", "bf16 compute with fp32 master weights, or fp32 throughout")
+    precision: Literal["auto", "bf16", "fp32"] = doc(
+        "auto", "bf16 compute with fp32 master weights, or fp32 throughout; auto: bf16 on GPUs and on CPUs that "
+                "compute it natively (AVX512-BF16, AMX, Arm BF16), fp32 on other CPUs (minitron/runtime/precision.py)")
     seed: int = doc(1234, "seed for initialisation order, dropout and data order")
     log_interval: int = doc(1, "steps between log lines / TensorBoard points")
     eval_interval: int = doc(50, "steps between validations (and at the end)")

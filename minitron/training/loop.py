@@ -34,11 +34,13 @@ from minitron.conversion.convert import load_megatron_from_nemo
 from minitron.data import DataConfig, prepare, samples
 from minitron.data.tokenizer import tokenizer_hash
 from minitron.errors import MinitronError
-from minitron.runtime import cpu_compat, distributed
+from minitron.runtime import cpu_compat, distributed, host_memory
 from minitron.runtime.inference import lm_loss, position_ids
 from minitron.runtime.launch import job_main
+from minitron.runtime.precision import resolve as resolve_precision
 from minitron.training import checkpoint
 from minitron.training.config import TrainConfig
+from minitron.training.kd_loss import ChunkedLogitsKLLoss
 
 
 @dataclass
@@ -63,6 +65,10 @@ def _distillation_model(student, teacher, cfg: TrainConfig):
                             skip_lm_loss=not cfg.kd.lm_loss, kd_loss_scale=cfg.kd.kd_loss_scale,
                             logit_kl_temperature=cfg.kd.temperature, logit_kl_topk=cfg.kd.top_k)
     kd = setup_distillation_config(kd, student.config, teacher.config)
+    logits = tuple(kd.logit_layers)
+    if cfg.kd.chunk_tokens and cfg.kd.top_k is None and logits in kd.criterion:  # the last pipeline stage
+        kd.criterion[logits] = ChunkedLogitsKLLoss(student.config, temperature=cfg.kd.temperature,
+                                                   chunk_tokens=cfg.kd.chunk_tokens)
     model = mtd.convert(student, mode=[("kd_loss", {"teacher_model": teacher, "criterion": kd.criterion,
                                                     "loss_balancer": kd.loss_balancer})])
     adjust_distillation_model_for_mcore(model, kd)
@@ -95,10 +101,9 @@ def _setup(job: TrainJob, cfg: TrainConfig):
     return student, arch, teacher
 
 
-def _wrap(model, cfg: TrainConfig):
+def _wrap(model, cfg: TrainConfig, bf16: bool):
     """Megatron's own mixed precision: bf16 weights (Float16Module) + fp32 master weights in the
     optimizer, fp32 gradient reduction. On CPU the same classes run through `cpu_compat`."""
-    bf16 = cfg.precision == "bf16"
     model.config.bf16 = bf16
     wrapped = Float16Module(model.config, model) if bf16 else model
     ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False,
@@ -191,6 +196,8 @@ def _my_rows(all_rows, step: int, cfg: TrainConfig) -> torch.Tensor:
 # ---- the loop -----------------------------------------------------------------------------------------
 def train(job: TrainJob) -> dict:
     cfg, data_cfg = job.train, job.data
+    if not torch.cuda.is_available():
+        host_memory.keep_freed_memory()
     out = Path(job.output)
     student, arch, teacher = _setup(job, cfg)
     prepared = prepare(data_cfg, nemo.tokenizer_dir(job.student))
@@ -203,7 +210,8 @@ def train(job: TrainJob) -> dict:
         model = _distillation_model(student, teacher, cfg)
     else:
         model = student
-    ddp, opt, sched = _wrap(model, cfg)
+    precision = resolve_precision(cfg.precision, distributed.device())
+    ddp, opt, sched = _wrap(model, cfg, bf16=precision.name == "bf16")
 
     start_step = 0
     ckpts = out / "checkpoints"
@@ -243,7 +251,8 @@ def train(job: TrainJob) -> dict:
             checkpoint.save(ckpts, model, opt, sched, done, cfg.keep_last)
     log.close()
     result = {"steps": stop, "tokens": stop * tokens_per_step, "validation": last_val,
-              "teacher_validation_loss": teacher_val, "metrics": str(out / "metrics.jsonl")}
+              "teacher_validation_loss": teacher_val, "metrics": str(out / "metrics.jsonl"),
+              "precision": precision.to_dict()}
     if stop == cfg.steps:
         _export_student(job, model, arch, out / "nemo")
         result["nemo"] = str(out / "nemo")

@@ -73,7 +73,8 @@ def train_stage(folder: RunFolder, stage: str, out: Path, trained: tuple[dict, f
                "validation": result["validation"], "teacher_validation_loss": result["teacher_validation_loss"],
                "first_loss": last[steps[0]]["loss"], "final_loss": last[steps[-1]]["loss"],
                "tokens_per_second": sum(m["tokens_per_second"] for m in last.values()) / len(last),
-               "checkpoints": str(work / "checkpoints"), "export_seconds": export["seconds"]}
+               "checkpoints": str(work / "checkpoints"), "export_seconds": export["seconds"],
+               "precision": result["precision"]}
     if stage_kind(stage) == "distill":
         summary["student"] = student_of(stage)
         summary["pruned_validation_loss"] = folder.summary(stage_name("prune", student_of(stage)))["validation_loss"]

@@ -1,0 +1,100 @@
+"""Precision chosen from the hardware (minitron.runtime.precision) and the chunked KD loss."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from minitron import config
+from minitron.errors import MinitronError
+from minitron.recipe import Recipe
+from minitron.runtime import precision
+from minitron.training.config import TrainConfig
+from minitron.training.kd_loss import chunked_forward_kl
+
+
+@pytest.fixture
+def cpu_without_bf16(monkeypatch):
+    """An AVX2-only CPU, as most laptops and older cloud VMs are."""
+    precision.cpu_bf16_native.cache_clear()
+    precision._warn_slow_bf16.cache_clear()
+    monkeypatch.setattr(precision, "cpu_bf16_native", lambda: (False, "CPU capability AVX2, no AVX512-BF16 or AMX"))
+    monkeypatch.setattr(precision, "bf16_slowdown", lambda: 480.0)
+    yield
+    precision._warn_slow_bf16.cache_clear()
+
+
+def test_auto_follows_what_this_cpu_reports():
+    native, why = precision.cpu_bf16_native()
+    choice = precision.resolve("auto", "cpu")
+    assert choice.name == ("bf16" if native else "fp32") and choice.reason == why
+    assert choice.dtype == (torch.bfloat16 if native else torch.float32)
+    record = choice.to_dict()
+    assert record["requested"] == "auto" and record["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+
+
+def test_auto_is_bf16_on_gpus():
+    assert precision.resolve("auto", "cuda").name == "bf16"
+    assert precision.resolve("fp32", "cuda").name == "fp32"
+
+
+def test_auto_is_fp32_without_native_bf16_and_explicit_bf16_warns_with_the_slowdown(cpu_without_bf16):
+    assert precision.resolve("auto", "cpu").name == "fp32"
+    assert precision.resolve("float32", "cpu").name == "fp32"
+    with pytest.warns(UserWarning, match=r"bf16 on this CPU is slow .*480x the fp32 time"):
+        assert precision.resolve("bf16", "cpu").name == "bf16"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per process, not on every model load
+        precision.resolve("bfloat16", "cpu")
+
+
+def test_measured_probe_compares_bf16_with_fp32():
+    ratio = precision.bf16_slowdown(n=64, repeats=1)
+    assert ratio > 0 and ratio == precision.bf16_slowdown(n=64, repeats=1)  # measured once
+
+
+@pytest.mark.parametrize("override, key", [("eval.dtype=half", "eval.dtype"),
+                                           ("eval.lm_eval.dtype=fp16", "eval.lm_eval.dtype"),
+                                           ("eval.throughput.dtype=int8", "eval.throughput.dtype")])
+def test_bad_eval_dtype_is_one_line_listing_the_choices(tmp_path, override, key):
+    path = tmp_path / "r.yaml"
+    path.write_text("name: x\n")
+    with pytest.raises(MinitronError) as e:
+        config.load(Recipe, path, [override])
+    assert f"{key}=" in str(e.value) and "['auto', 'bf16', 'bfloat16', 'float32', 'fp32']" in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_bad_training_precision_is_refused():
+    with pytest.raises(MinitronError, match=r"precision='fp16' must be one of \['auto', 'bf16', 'fp32'\]"):
+        config.build(TrainConfig, {"precision": "fp16"})
+    with pytest.raises(MinitronError, match="auto"):
+        precision.resolve("half")
+
+
+def _reference_kl(student, teacher, temperature):
+    """Model Optimizer's LogitsKLLoss arithmetic (TP=1): forward KL per token on fp32 log-softmaxes."""
+    p = F.log_softmax(student.float() / temperature, dim=-1)
+    q = F.log_softmax(teacher.float() / temperature, dim=-1)
+    return F.kl_div(p, q, reduction="none", log_target=True).sum(-1)
+
+
+@pytest.mark.parametrize("temperature, chunk", [(1.0, 16), (2.0, 5), (1.0, 1000)])
+def test_chunked_kl_equals_the_unchunked_loss_and_gradient(temperature, chunk):
+    torch.manual_seed(0)
+    student = (torch.randn(2, 37, 3001) * 4).requires_grad_()
+    teacher = torch.randn(2, 37, 3001) * 4
+    weights = torch.rand(2, 37)  # a non-uniform upstream gradient (loss masks, token means)
+    ref = _reference_kl(student, teacher, temperature)
+    (ref * weights).sum().backward()
+    ref_grad, student.grad = student.grad.clone(), None
+    got = chunked_forward_kl(student, teacher, temperature, chunk)
+    (got * weights).sum().backward()
+    torch.testing.assert_close(got, ref, rtol=2e-5, atol=1e-5)  # fp32 rounding of 3,001-term sums
+    torch.testing.assert_close(student.grad, ref_grad, rtol=1e-5, atol=1e-8)
+    with torch.no_grad():  # validation: the loss alone
+        torch.testing.assert_close(chunked_forward_kl(student, teacher, temperature, chunk), ref.detach(),
+                                   rtol=2e-5, atol=1e-5)
