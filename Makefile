@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 .PHONY: eval report export build-engine bench-fp8 bench-trtllm prune-width prune-depth prune distill teacher-correct bench-distill bench-kd-loop bench-pruning setup demo run test test-unit test-fast convert-hf-to-nemo convert-nemo-to-hf model bench-conversion clean help
 
 help:
-	@echo "make demo            the whole pipeline on the embedded SmolLM2 on CPU (~35 min), ending with its report"
+	@echo "make demo            the whole pipeline on the embedded SmolLM2 on CPU (~31 min with native bf16), ending with its report"
 	@echo "make test            run the whole test suite (what CI runs)"
 	@echo "make run RECIPE=...  run any recipe; OUT=dir ARGS='k=v ...' pass through"
 	@echo "make convert-hf-to-nemo IN=hf_dir OUT=nemo_dir   (and convert-nemo-to-hf)"

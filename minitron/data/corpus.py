@@ -21,9 +21,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from minitron.io import cache_dir
 from minitron.data.html_text import html_to_text
+from minitron.data.publish import building
 from minitron.errors import MinitronError
+from minitron.io import cache_dir, write_json_atomic
 
 _FALLBACK_HINT = "pass data.source=<path to .txt/.jsonl/.json/.parquet or folder> instead"
 
@@ -142,9 +143,6 @@ def _skipped(rel: str, spec: DebianCorpus) -> bool:
 
 
 def _write_corpus(target: Path, documents: list[dict], source: dict) -> None:
-    from minitron.data.publish import building
-    from minitron.io import write_json_atomic
-
     with building(target, "SOURCE.json") as tmp:
         with open(tmp / "documents.jsonl", "w", encoding="utf-8") as f:
             for doc in documents:

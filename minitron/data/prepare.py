@@ -23,10 +23,17 @@ from pathlib import Path
 import numpy as np
 
 from minitron.data.config import SPLITS, DataConfig
+from minitron.data.corpus import corpus_source
 from minitron.data.publish import building
-from minitron.data.sources import iter_documents, parse_source, source_identity, source_slug
+from minitron.data.sources import (
+    iter_documents,
+    parse_source,
+    source_identity,
+    source_slug,
+)
 from minitron.data.tokenizer import load_tokenizer, max_token_id, tokenizer_hash
 from minitron.errors import MinitronError
+from minitron.io import cache_dir, write_json_atomic
 
 FORMAT_VERSION = 1
 SUMMARY = "summary.json"
@@ -89,8 +96,6 @@ def prepared_dir(data_cfg: DataConfig, tokenizer_dir: Path) -> Path:
 
 
 def _default_cache() -> Path:
-    from minitron.io import cache_dir
-
     return cache_dir() / "data"
 
 
@@ -120,7 +125,10 @@ def split_bounds(data_cfg: DataConfig) -> list[tuple[str, float]]:
 
 
 def _build(data_cfg: DataConfig, tokenizer_dir: Path, out: Path) -> None:
-    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder, get_bin_path
+    from megatron.core.datasets.indexed_dataset import (
+        IndexedDatasetBuilder,
+        get_bin_path,
+    )
     from tqdm import tqdm
 
     start = time.time()
@@ -172,15 +180,11 @@ def _document_count_hint(data_cfg: DataConfig) -> int | None:
     kind, name = parse_source(data_cfg.source)
     if kind != "embedded":
         return data_cfg.max_documents
-    from minitron.data.corpus import corpus_source
-
     total = corpus_source(name)["documents"]
     return min(total, data_cfg.max_documents or total)
 
 
 def _write_summary(out, data_cfg, tokenizer_dir, tokenizer, stats, duplicates, dtype, seconds) -> None:
-    from minitron.io import write_json_atomic
-
     summary = {"format": FORMAT_VERSION, "source": data_cfg.source, "tokenizer_dir": str(tokenizer_dir),
                "splits": {s: {**stats[s], "prefix": s} for s in SPLITS},  # relative: the folder is renamed
                "split_fractions": data_cfg.fractions(), "duplicates_dropped": duplicates,

@@ -107,7 +107,9 @@ def _check_enough_tokens(prepared: PreparedData, split: str, seq_length: int) ->
 
 
 def _gpt_dataset(prepared: PreparedData, split: str, seq_length: int, size: int | None, seed: int):
-    from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+    from megatron.core.datasets.blended_megatron_dataset_builder import (
+        BlendedMegatronDatasetBuilder,
+    )
     from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 
     which = _MEGATRON_SPLIT[split]

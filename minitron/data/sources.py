@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from minitron.data.corpus import corpus_source, embedded_corpus
 from minitron.errors import MinitronError
 
 FILE_FORMATS = (".txt", ".jsonl", ".json", ".parquet")
@@ -37,8 +38,6 @@ def iter_documents(cfg) -> Iterator[Document]:
     """All documents of ``cfg.source`` (a DataConfig), in a stable order."""
     kind, arg = parse_source(cfg.source)
     if kind == "embedded":
-        from minitron.data.corpus import embedded_corpus
-
         yield from _read_jsonl(embedded_corpus(arg), "text", "")
     elif kind == "hf":
         yield from _read_hf(arg)
@@ -188,8 +187,6 @@ def source_identity(cfg) -> dict:
     """What the prepared data depends on, for the cache key: names, sizes, mtimes, versions."""
     kind, arg = parse_source(cfg.source)
     if kind == "embedded":
-        from minitron.data.corpus import corpus_source, embedded_corpus
-
         path = embedded_corpus(arg)
         return {"embedded": arg, "source": corpus_source(arg), "file": _stat(path)}
     if kind == "hf":

@@ -31,8 +31,14 @@ from pathlib import Path
 
 import yaml
 
+from minitron.data.config import DataConfig
+from minitron.data.corpus import corpus_source
+from minitron.data.prepare import split_bounds, split_of
 from minitron.data.publish import building
+from minitron.data.sources import iter_documents
 from minitron.errors import MinitronError
+from minitron.io import cache_dir
+from minitron.models import resolve_hf_source
 from minitron.runtime.precision import resolve as resolve_precision
 
 CORPUS = "embedded:python-docs"
@@ -60,10 +66,6 @@ def heldout_documents(split: str, source: str = CORPUS) -> list:
     Reusing prepare's hash rule (not a copy of it) guarantees that these documents are the ones
     kept out of training: a text is in one split only.
     """
-    from minitron.data.config import DataConfig
-    from minitron.data.prepare import split_bounds, split_of
-    from minitron.data.sources import iter_documents
-
     cfg = DataConfig(source=source)
     bounds, seen, docs = split_bounds(cfg), set(), []
     for doc in iter_documents(cfg):
@@ -183,8 +185,6 @@ def _write_jsonl(path: Path, items: list[dict]) -> None:
 
 
 def _build_key(source: str, items: int, seed: int) -> str:
-    from minitron.data.corpus import corpus_source
-
     kind, name = source.split(":", 1)
     identity = corpus_source(name) if kind == "embedded" else source
     key = {"version": BUILD_VERSION, "corpus": identity, "items": items, "seed": seed}
@@ -215,8 +215,6 @@ def build_offline_tasks(out_dir: str | Path | None = None, items: int = TEST_ITE
     With ``out_dir`` the tasks are written there (it must not exist yet); otherwise into
     ``$MINITRON_CACHE/lm_eval_tasks/pydocs-<key>/`` and reused while the corpus is unchanged.
     """
-    from minitron.io import cache_dir
-
     if out_dir is None:
         target = cache_dir() / "lm_eval_tasks" / f"pydocs-{_build_key(source, items, seed)}"
         if (target / MARKER).is_file():
@@ -259,8 +257,6 @@ def _offline_without_hub() -> None:
 
 def _check_model_dir(hf_dir) -> Path:
     if str(hf_dir).startswith("embedded:"):
-        from minitron.models import resolve_hf_source
-
         return resolve_hf_source(str(hf_dir))
     path = Path(hf_dir).expanduser()
     if not (path / "config.json").is_file():

@@ -25,6 +25,9 @@ from pathlib import Path
 
 import torch
 
+from minitron.data import DataConfig, prepare
+from minitron.data.sources import iter_documents
+from minitron.data.tokenizer import load_tokenizer
 from minitron.errors import MinitronError
 from minitron.runtime.precision import resolve as resolve_precision
 
@@ -107,8 +110,6 @@ def split_tokens(data_cfg, tokenizer_dir: str | Path, split: str = "test", max_t
     """The token stream of one split of the data pipeline (documents in corpus order, EOS after each)."""
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-    from minitron.data import prepare
-
     prepared = prepare(data_cfg, tokenizer_dir)
     if prepared.documents[split] == 0:
         raise MinitronError(f"data split {split!r} of {data_cfg.source} is empty; give it a share in data.split")
@@ -125,10 +126,6 @@ def split_tokens(data_cfg, tokenizer_dir: str | Path, split: str = "test", max_t
 def file_tokens(path: str | Path, tokenizer_dir: str | Path, max_tokens: int | None = None,
                 text_key: str = "text") -> torch.Tensor:
     """The token stream of a whole text file (.txt paragraphs, .jsonl/.json/.parquet rows)."""
-    from minitron.data import DataConfig
-    from minitron.data.sources import iter_documents
-    from minitron.data.tokenizer import load_tokenizer
-
     path = Path(path)
     if not path.is_file():
         raise MinitronError(f"{path}: evaluation file not found")
