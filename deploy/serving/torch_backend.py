@@ -80,8 +80,7 @@ class TorchBackend(HFTokenizerMixin):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         # auto: bf16 on GPUs and on CPUs that compute it natively, fp32 elsewhere (bf16 is emulated,
         # hundreds of times slower, on AVX2-only CPUs).
-        self.precision = resolve_precision(dtype or "auto", self.device)
-        torch_dtype = self.precision.dtype
+        torch_dtype = resolve_precision(dtype or "auto", self.device).dtype
         # No trust_remote_code, safetensors only: a served folder must not be able to run code.
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir, trust_remote_code=False)
         self.model = AutoModelForCausalLM.from_pretrained(

@@ -180,9 +180,9 @@ def run_job(job: PruneJob) -> dict:
         constraints = {"params": student.params * arch.num_parameters()}
         search.update(score_func=lambda m: -lm_loss(m, selection), top_k=cfg.top_k)
     else:
-        export = {key: getattr(student, key) for key in SHAPE_KEYS if getattr(student, key) is not None}
-        if student.drop_layers:
-            export["num_layers"] = student.target_layers(arch.num_layers)
+        target = {key: getattr(student, key) for key in SHAPE_KEYS}
+        target["num_layers"] = student.target_layers(arch.num_layers)  # num_layers, or what drop_layers leaves
+        export = {key: value for key, value in target.items() if value is not None}
         constraints = {"export_config": export}
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
