@@ -90,6 +90,22 @@ def hf_to_nemo(hf_dir: str | Path, nemo_dir: str | Path) -> dict:
             "seconds": round(time.perf_counter() - start, 3)}
 
 
+def resave_nemo(src: str | Path, nemo_dir: str | Path) -> dict:
+    """Copy a NeMo 2 checkpoint (any writer: NeMo, Megatron-Bridge, minitron) through a Megatron model:
+    its weights are loaded and checked against its config, then written with this repository's context."""
+    start = time.perf_counter()
+    check_output_dir(Path(nemo_dir))
+    arch, dtype, hf_config = nemo.read_context(src)
+    distributed.initialize(1, 1)
+    model, _ = load_megatron_from_nemo(src, use_te=False)
+    with atomic_output_dir(nemo_dir) as tmp:
+        nemo.write_context(tmp, arch, dtype, hf_config, nemo.tokenizer_dir(src))
+        nemo.save_weights(model, tmp)
+    return {"input": str(src), "output": str(nemo_dir), "dtype": str(dtype),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "seconds": round(time.perf_counter() - start, 3)}
+
+
 def load_megatron_from_nemo(nemo_dir: str | Path, dtype: torch.dtype | str | None = None, **build_kwargs):
     """Build this rank's Megatron model and fill it from a NeMo checkpoint.
 
@@ -121,7 +137,9 @@ def nemo_to_hf(nemo_dir: str | Path, hf_dir: str | Path, max_shard_bytes: int = 
 
 
 def convert_command(args) -> dict:
-    """`minitron convert {gguf-to-hf,hf-to-nemo,nemo-to-hf}`: one conversion plus its summary.json."""
+    """`minitron convert {gguf-to-hf,hf-to-nemo,nemo-to-hf,nemo-context}`: one conversion (+ its summary.json)."""
+    if args.direction == "nemo-context":
+        return nemo.add_nemo_context(args.input)
     output = Path(args.output or Path("runs") / "convert" / f"{Path(args.input).stem}-{args.direction.split('-to-')[1]}")
     if args.direction == "gguf-to-hf":
         summary = gguf_to_hf(args.input, output, dtype=args.dtype)

@@ -7,6 +7,7 @@
     minitron report --config R                                      (report.md + plots of the run)
     minitron config --config FILE [key=value ...]                  (resolved config, documented)
     minitron convert {gguf-to-hf,hf-to-nemo,nemo-to-hf} --input IN --output OUT
+    minitron convert nemo-context --input NEMO_DIR                (add NeMo's io.json in place; needs NeMo 2.7)
     minitron verify --nemo NEMO_DIR --hf HF_DIR [--tp N --pp N]   (under torchrun for N > 1)
     minitron model default                                         (path of the embedded model)
     minitron export --model HF --format hf|trtllm [--dtype bf16|fp8 --tp N --pp N ...] --output DIR
@@ -100,7 +101,9 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--explain", action="store_true", help="also print every key's documentation")
 
     c = sub.add_parser("convert", help="convert checkpoints between GGUF, HF and NeMo 2")
-    c.add_argument("direction", choices=["gguf-to-hf", "hf-to-nemo", "nemo-to-hf"])
+    c.add_argument("direction", choices=["gguf-to-hf", "hf-to-nemo", "nemo-to-hf", "nemo-context"],
+                   help="nemo-context: give a NeMo 2 checkpoint of this repository NeMo's own context "
+                        "(io.json), in place")
     c.add_argument("--input", required=True, help="source file or folder")
     c.add_argument("--output", help="target folder (must not exist or be empty); default runs/convert/...")
     c.add_argument("--dtype", default="float32", help="gguf-to-hf only: dtype of the written weights")

@@ -12,7 +12,8 @@ EMBEDDED = {DEFAULT_MODEL_NAME: default_model_dir}
 
 
 def resolve_hf_source(source: str) -> Path:
-    """Return an HF checkpoint folder for ``embedded:<name>``, ``*.gguf`` or a folder path."""
+    """Return an HF checkpoint folder for ``embedded:<name>``, ``*.gguf`` or a folder path
+    (a NeMo 2 checkpoint is not one: see `is_nemo_checkpoint`)."""
     if source.startswith("embedded:"):
         name = source.split(":", 1)[1]
         if name not in EMBEDDED:
@@ -26,8 +27,14 @@ def resolve_hf_source(source: str) -> Path:
         return hf_dir
     if not (path / "config.json").is_file():
         raise MinitronError(f"model.source: {path} has no config.json; give an HF checkpoint folder, "
-                            "a .gguf file or embedded:<name>")
+                            "a NeMo 2 checkpoint (context/ + weights/), a .gguf file or embedded:<name>")
     return path
+
+
+def is_nemo_checkpoint(source: str) -> bool:
+    """A NeMo 2 checkpoint folder (``context/`` + ``weights/``), e.g. written by NeMo's ``llm.import_ckpt``."""
+    path = Path(source).expanduser()
+    return (path / "context").is_dir() and (path / "weights").is_dir()
 
 
 def print_default_model(args) -> None:

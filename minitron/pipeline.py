@@ -12,9 +12,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from minitron.conversion import nemo_checkpoint
 from minitron.data import check_tokenizer_matches
 from minitron.errors import MinitronError
-from minitron.models import resolve_hf_source
+from minitron.models import is_nemo_checkpoint, resolve_hf_source
 from minitron.pruning.prune import check_target
 from minitron.recipe import Recipe, load_recipe
 from minitron.run_folder import REFRESHED, RunFolder
@@ -29,15 +30,25 @@ def preflight(recipe: Recipe) -> None:
     for stage in ("teacher_correction", "distill"):
         if stage in recipe.stages:
             getattr(recipe, stage).train_config()  # its own errors, before any work
+    nemo_source = is_nemo_checkpoint(recipe.model.source)
+    if "prune" in recipe.stages or nemo_source:
+        arch, tokenizer = teacher_source(recipe.model.source)
+        check_tokenizer_matches(tokenizer, arch.vocab_size)
     if "prune" in recipe.stages:
-        hf_dir = resolve_hf_source(recipe.model.source)
-        arch = LlamaArch.from_hf_dir(hf_dir)
-        check_tokenizer_matches(hf_dir, arch.vocab_size)
         for student in recipe.prune.selected():
             problems += check_target(student, arch, recipe.prune, recipe.parallel.tensor_parallel,
                                      recipe.parallel.pipeline_parallel)
     if problems:
         raise MinitronError("; ".join(dict.fromkeys(problems)))
+
+
+def teacher_source(source: str) -> tuple[LlamaArch, Path]:
+    """(architecture, tokenizer folder) of `model.source`, an HF or a NeMo 2 checkpoint, read without weights."""
+    if is_nemo_checkpoint(source):
+        path = Path(source).expanduser()
+        return nemo_checkpoint.read_context(path)[0], nemo_checkpoint.tokenizer_dir(path)
+    hf_dir = resolve_hf_source(source)
+    return LlamaArch.from_hf_dir(hf_dir), hf_dir
 
 
 def run(recipe: Recipe) -> dict:

@@ -11,6 +11,8 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+# Writing NeMo's context starts NeMo (~10 s per checkpoint): only the interop tests ask for it.
+os.environ.pop("MINITRON_NEMO_PYTHON", None)
 
 LLAMA31_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                 "original_max_position_embeddings": 8192}

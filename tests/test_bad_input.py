@@ -97,7 +97,7 @@ def test_nemo_without_metadata(tiny_nemo, tmp_path):
 
 def test_not_a_nemo_checkpoint(tiny_hf, tmp_path):
     proc = run_minitron("convert", "nemo-to-hf", "--input", str(tiny_hf), "--output", str(tmp_path / "hf"))
-    assert_clean_failure(proc, "model.yaml", "not a NeMo checkpoint", target=tmp_path / "hf")
+    assert_clean_failure(proc, "io.json", "not a NeMo 2 checkpoint", target=tmp_path / "hf")
 
 
 def test_failure_mid_write_leaves_no_output(tiny_nemo, tmp_path, monkeypatch):

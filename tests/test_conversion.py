@@ -89,7 +89,7 @@ def test_nemo_layout(tiny_nemo):
     assert (weights / ".metadata").is_file() and (weights / "metadata.json").is_file()
     assert json.loads((weights / "metadata.json").read_text())["sharded_backend"] == "torch_dist"
     assert list(weights.glob("*.distcp"))
-    assert (tiny_nemo / "context/model.yaml").is_file()
+    assert (tiny_nemo / "context/minitron.yaml").is_file() and (tiny_nemo / "context/nemo_tokenizer").is_dir()
     # NeMo's key names: `module.` prefix, Transformer-Engine layernorm names.
     from torch.distributed.checkpoint import FileSystemReader
 
@@ -97,6 +97,24 @@ def test_nemo_layout(tiny_nemo):
     assert "module.decoder.layers.self_attention.linear_qkv.layer_norm_weight" in keys
     assert "module.decoder.layers.mlp.linear_fc1.layer_norm_weight" in keys
     assert "module.embedding.word_embeddings.weight" in keys
+
+
+def test_earlier_v1_checkpoints_still_load(tiny_nemo, tmp_path):
+    """Checkpoints of this repository before NeMo's own context (context/model.yaml, format v1) still load."""
+    import shutil
+
+    import yaml
+
+    from minitron.conversion import nemo_checkpoint as nemo
+
+    old = tmp_path / "v1"
+    shutil.copytree(tiny_nemo, old)
+    doc = yaml.safe_load((old / "context/minitron.yaml").read_text())
+    (old / "context/minitron.yaml").unlink()
+    (old / "context/model.yaml").write_text(yaml.safe_dump({**doc, "format": "minitron/nemo2-llama/v1"}))
+    assert nemo.read_context(old) == nemo.read_context(tiny_nemo)
+    nemo_to_hf(old, tmp_path / "hf")
+    assert (tmp_path / "hf" / "model.safetensors").is_file()
 
 
 def test_pruned_shapes_export_and_load_in_transformers(tmp_path, tiny_hf):

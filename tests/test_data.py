@@ -341,3 +341,54 @@ def test_embedded_corpus_with_smollm2(smollm2_hf):
     text = AutoTokenizer.from_pretrained(smollm2_hf).decode(rows[0])
     assert len(text.split()) > 20 and np.mean([c.isascii() for c in text]) > 0.95
     assert os.path.isfile(prepared.prefixes["train"] + ".bin")
+
+
+# ---- whole documents, sources' own splits ----------------------------------------------------------
+def wikitext_rows(titles: list[str]) -> list[str]:
+    """Rows as wikitext-103-raw has them: one line per row, headings ` = T = `, sections ` = = S = = `."""
+    rows = []
+    for t in titles:
+        rows += ["", f" = {t} = \n", "", f" {t} is a subject with a long history . \n", "",
+                 " = = History = = \n", "", f" The history of {t} began long ago . \n"]
+    return rows
+
+
+def test_wikitext_lines_become_whole_articles():
+    from minitron.data.sources import wikitext_articles
+
+    articles = list(wikitext_articles(wikitext_rows(["Apple", "Pear"])))
+    assert len(articles) == 2
+    assert articles[0].startswith("= Apple =") and "= = History = =" in articles[0]
+    assert "The history of Apple began" in articles[0] and "Pear" not in articles[0]
+
+
+def test_hf_dataset_splits_are_used_as_they_are(tmp_path, byte_tok):
+    """A dataset with its own validation/test splits (here a local one, as datasets.load_dataset reads it
+    offline; named wikitext so its lines are joined): held-out articles stay held out, whole."""
+    pd = pytest.importorskip("pandas")
+    root = tmp_path / "wikitext-tiny"
+    root.mkdir()
+    titles = {"train": [f"Train topic {i}" for i in range(30)], "validation": ["Valid topic A", "Valid topic B"],
+              "test": ["Test topic C"]}
+    for split, names in titles.items():
+        pd.DataFrame({"text": wikitext_rows(names)}).to_parquet(root / f"{split}.parquet")
+    prepared = prepare(cfg(f"hf:{root}", tmp_path), byte_tok)
+    docs = split_documents(prepared, byte_tok)
+    assert prepared.summary()["source_splits"] == ["test", "train", "validation"]
+    assert sorted(d.splitlines()[0].strip() for d in docs["validation"]) == ["= Valid topic A =", "= Valid topic B ="]
+    assert [d.splitlines()[0].strip() for d in docs["test"]] == ["= Test topic C ="]
+    assert len(docs["train"]) == 30 and all(d.startswith("= Train topic") for d in docs["train"])
+
+
+def test_folder_with_split_files_and_missing_validation(tmp_path, byte_tok):
+    """train*/test* files: test stays test; validation (missing) is drawn from train only."""
+    texts = topic_texts(60)
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    write_jsonl(folder / "train-00000.jsonl", texts[:50])
+    write_jsonl(folder / "test.jsonl", texts[50:])
+    prepared = prepare(cfg(folder, tmp_path, split=[0.8, 0.2, 0.0]), byte_tok)
+    docs = split_documents(prepared, byte_tok)
+    assert set(docs["test"]) == set(texts[50:])
+    assert docs["validation"] and set(docs["validation"]) <= set(texts[:50])
+    assert set(docs["train"]) | set(docs["validation"]) == set(texts[:50])

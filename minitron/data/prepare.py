@@ -19,6 +19,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -26,16 +27,18 @@ from minitron.data.config import SPLITS, DataConfig
 from minitron.data.corpus import corpus_source
 from minitron.data.publish import building
 from minitron.data.sources import (
+    Document,
     iter_documents,
     parse_source,
     source_identity,
     source_slug,
+    source_splits,
 )
 from minitron.data.tokenizer import load_tokenizer, max_token_id, tokenizer_hash
 from minitron.errors import MinitronError
 from minitron.io import cache_dir, write_json_atomic
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: whole wikitext articles, sources' own splits used as they are
 SUMMARY = "summary.json"
 _BATCH_DOCS = 64  # documents per tokenizer call: the fast tokenizer parallelizes within a batch
 
@@ -114,14 +117,27 @@ def _digest(text: str) -> bytes:
     return hashlib.sha256(text.strip().encode("utf-8")).digest()
 
 
-def split_bounds(data_cfg: DataConfig) -> list[tuple[str, float]]:
-    """(split, cumulative upper bound) for `split_of`; splits with no share are left out."""
-    upper, bounds = 0.0, []
-    for name, fraction in data_cfg.fractions().items():
-        upper += fraction
-        if fraction > 0:
-            bounds.append((name, upper))
+def split_bounds(data_cfg: DataConfig, provided: set[str] = frozenset()) -> list[tuple[str, float]]:
+    """(split, cumulative upper bound) for `split_of`; splits with no share are left out.
+
+    Held-out splits the source provides itself are not drawn by hash: training documents are spread
+    only over train and the held-out splits the source lacks (fractions renormalized over those).
+    """
+    shares = {name: f for name, f in data_cfg.fractions().items()
+              if f > 0 and (name == "train" or name not in provided)}
+    total, upper, bounds = sum(shares.values()), 0.0, []
+    for name, fraction in shares.items():
+        upper += fraction / total
+        bounds.append((name, upper))
     return bounds
+
+
+def assign_split(doc_split: str | None, digest: bytes, bounds: list[tuple[str, float]],
+                 provided: set[str]) -> str:
+    """A held-out document of the source stays in its split; everything else is assigned by hash."""
+    if doc_split in provided and doc_split != "train":
+        return doc_split
+    return _split_of_digest(digest, bounds)
 
 
 def _build(data_cfg: DataConfig, tokenizer_dir: Path, out: Path) -> None:
@@ -138,29 +154,44 @@ def _build(data_cfg: DataConfig, tokenizer_dir: Path, out: Path) -> None:
     dtype = np.uint16 if top_id < 2 ** 16 else np.int32
     builders = {s: IndexedDatasetBuilder(get_bin_path(str(out / s)), dtype=dtype) for s in SPLITS}
     stats = {s: {"documents": 0, "tokens": 0} for s in SPLITS}
-    bounds, seen, duplicates, pending = split_bounds(data_cfg), set(), 0, []
-    total = _document_count_hint(data_cfg)
+    stats["duplicates"] = 0
+    pending, distinct = [], 0
+    total, provided = _document_count_hint(data_cfg), source_splits(data_cfg)
     with tqdm(desc=f"tokenize {data_cfg.source}", unit="doc", total=total) as progress:
-        for doc in iter_documents(data_cfg):
-            digest = _digest(doc.text)
-            if digest in seen:
-                duplicates += 1
-                continue
-            if data_cfg.max_documents is not None and len(seen) >= data_cfg.max_documents:
-                break
-            seen.add(digest)
-            pending.append((doc.text, _split_of_digest(digest, bounds)))
+        for doc, split in split_documents(data_cfg, stats):
+            distinct += 1
+            pending.append((doc.text, split))
             if len(pending) == _BATCH_DOCS:
                 _write_batch(pending, tokenizer, builders, stats)
                 progress.update(len(pending))
                 pending = []
         _write_batch(pending, tokenizer, builders, stats)
         progress.update(len(pending))
-    if not seen:
+    duplicates = stats.pop("duplicates")
+    if not distinct:
         raise MinitronError(f"data.source={data_cfg.source}: no documents (all empty)")
     for split, builder in builders.items():
         builder.finalize(str(out / f"{split}.idx"))
-    _write_summary(out, data_cfg, tokenizer_dir, tokenizer, stats, duplicates, dtype, time.time() - start)
+    _write_summary(out, data_cfg, tokenizer_dir, tokenizer, stats, duplicates, dtype, time.time() - start,
+                   sorted(provided))
+
+
+def split_documents(data_cfg: DataConfig, counts: dict | None = None) -> Iterator[tuple[Document, str]]:
+    """Every distinct document of the source with its split (exact duplicates dropped, counted in
+    ``counts["duplicates"]``); `data.max_documents` stops after that many. The one rule for training
+    data and for held-out evaluation text alike."""
+    provided = source_splits(data_cfg)
+    bounds, seen = split_bounds(data_cfg, provided), set()
+    for doc in iter_documents(data_cfg):
+        digest = _digest(doc.text)
+        if digest in seen:
+            if counts is not None:
+                counts["duplicates"] += 1
+            continue
+        if data_cfg.max_documents is not None and len(seen) >= data_cfg.max_documents:
+            return
+        seen.add(digest)
+        yield doc, assign_split(doc.split, digest, bounds, provided)
 
 
 def _write_batch(pending, tokenizer, builders, stats) -> None:
@@ -184,10 +215,11 @@ def _document_count_hint(data_cfg: DataConfig) -> int | None:
     return min(total, data_cfg.max_documents or total)
 
 
-def _write_summary(out, data_cfg, tokenizer_dir, tokenizer, stats, duplicates, dtype, seconds) -> None:
+def _write_summary(out, data_cfg, tokenizer_dir, tokenizer, stats, duplicates, dtype, seconds, provided) -> None:
     summary = {"format": FORMAT_VERSION, "source": data_cfg.source, "tokenizer_dir": str(tokenizer_dir),
                "splits": {s: {**stats[s], "prefix": s} for s in SPLITS},  # relative: the folder is renamed
-               "split_fractions": data_cfg.fractions(), "duplicates_dropped": duplicates,
+               "split_fractions": data_cfg.fractions(), "source_splits": provided,
+               "duplicates_dropped": duplicates,
                "eos_token_id": tokenizer.eos_token_id, "tokenizer_size": len(tokenizer),
                "max_token_id": max_token_id(tokenizer), "token_dtype": np.dtype(dtype).name,
                "tokenizer_sha256": tokenizer_hash(tokenizer_dir), "build_seconds": round(seconds, 1)}

@@ -9,7 +9,13 @@
   ``datasets`` library, when it is installed);
 * a folder: every such file under it, recursively, in sorted order (other files ignored);
 * ``hf:<dataset>[:<config>]``: a Hugging Face dataset through ``datasets.load_dataset``
-  (needs the hub); every split of it is read, one row per document.
+  (needs the hub, or a local dataset folder); every split of it is read, one row per document,
+  except wikitext, whose rows are lines: its lines are joined back into whole articles.
+
+A document is a whole unit of text (an article, a page, a row), never a piece of one, so no
+text can be split between training and held-out data. When the source has its own splits
+(a dataset's ``validation``/``test``; a folder's ``train*``/``validation*``/``test*`` files or
+subfolders) those are used as they are (`Document.split`) and never mixed into training.
 
 Every problem names the file (and line) and says what to do.
 """
@@ -28,22 +34,51 @@ from minitron.errors import MinitronError
 FILE_FORMATS = (".txt", ".jsonl", ".json", ".parquet")
 
 
+#: Split names sources use -> ours.
+SPLIT_NAMES = {"train": "train", "training": "train", "validation": "validation", "valid": "validation",
+               "val": "validation", "dev": "validation", "test": "test", "testing": "test"}
+# Held-out splits are read first, so a training document that duplicates one is the copy dropped.
+_READ_ORDER = {"test": 0, "validation": 1}
+
+
 @dataclass(frozen=True)
 class Document:
     id: str
     text: str
+    split: str | None = None  # the source's own split ("train", "validation", "test"), None when it has none
 
 
 def iter_documents(cfg) -> Iterator[Document]:
-    """All documents of ``cfg.source`` (a DataConfig), in a stable order."""
+    """All documents of ``cfg.source`` (a DataConfig), in a stable order, held-out splits first."""
     kind, arg = parse_source(cfg.source)
     if kind == "embedded":
         yield from _read_jsonl(embedded_corpus(arg), "text", "")
     elif kind == "hf":
         yield from _read_hf(arg)
     else:
-        for path, rel in local_files(Path(arg)):
-            yield from _read_file(path, cfg, rel)
+        files = local_files(Path(arg))
+        for path, rel in sorted(files, key=lambda f: _READ_ORDER.get(split_of_path(f[1]), 2)):
+            split = split_of_path(rel)
+            for doc in _read_file(path, cfg, rel):
+                yield Document(doc.id, doc.text, split)
+
+
+def source_splits(cfg) -> set[str]:
+    """The splits the source itself provides (empty when it has none: every document is assigned by hash)."""
+    kind, arg = parse_source(cfg.source)
+    if kind == "hf":
+        return {SPLIT_NAMES[s] for s in _hf_splits(arg) if s in SPLIT_NAMES}
+    if kind == "path" and Path(arg).is_dir():
+        return {split for _, rel in local_files(Path(arg)) if (split := split_of_path(rel))}
+    return set()
+
+
+def split_of_path(rel: str) -> str | None:
+    """A folder source's file ``validation.jsonl``, ``test-00001.parquet`` or ``train/part1.txt`` -> its split."""
+    if not rel:
+        return None
+    first = rel.rstrip(":").split("/")[0]
+    return SPLIT_NAMES.get(re.split(r"[.\-_]", first, maxsplit=1)[0].lower())
 
 
 def parse_source(source: str) -> tuple[str, str]:
@@ -156,18 +191,44 @@ def _row_document(row, text_key: str, where: str, doc_id: str) -> Document | Non
     return Document(str(row.get("id", doc_id)), text)
 
 
-def _read_hf(spec: str) -> Iterator[Document]:
+def _hf_dataset(spec: str) -> dict:
     name, _, config = spec.partition(":")
     dataset = _load_dataset(name, config or None, what=f"hf:{spec}")
-    splits = dataset if hasattr(dataset, "keys") else {"train": dataset}
-    for split in sorted(splits):
+    return dataset if hasattr(dataset, "keys") else {"train": dataset}
+
+
+def _hf_splits(spec: str) -> list[str]:
+    return sorted(_hf_dataset(spec), key=lambda s: (_READ_ORDER.get(SPLIT_NAMES.get(s), 2), s))
+
+
+def _read_hf(spec: str) -> Iterator[Document]:
+    splits = _hf_dataset(spec)
+    wikitext = "wikitext" in spec.lower()
+    for split in _hf_splits(spec):
         column = "text" if "text" in splits[split].column_names else None
         if column is None:
             raise MinitronError(f"hf:{spec}: split {split!r} has no 'text' column "
                                 f"(columns: {splits[split].column_names})")
-        for i, text in enumerate(splits[split][column]):
+        texts = wikitext_articles(splits[split][column]) if wikitext else splits[split][column]
+        for i, text in enumerate(texts):
             if isinstance(text, str) and text.strip():
-                yield Document(f"{split}/{i}", text)
+                yield Document(f"{split}/{i}", text, SPLIT_NAMES.get(split))
+
+
+_WIKITEXT_TITLE = re.compile(r"^ = [^=].* = $")
+
+
+def wikitext_articles(lines) -> Iterator[str]:
+    """Wikitext's rows are lines (headings, paragraphs, blanks); an article starts at a top-level
+    heading `` = Title = `` (sections are `` = = Section = = ``). Yields each article whole."""
+    article: list[str] = []
+    for line in lines:
+        if _WIKITEXT_TITLE.match(line.rstrip("\n")) and any(x.strip() for x in article):
+            yield "".join(article).strip()
+            article = []
+        article.append(line)
+    if any(x.strip() for x in article):
+        yield "".join(article).strip()
 
 
 def _load_dataset(*args, what: str, **kwargs):

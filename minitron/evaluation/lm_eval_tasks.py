@@ -33,9 +33,8 @@ import yaml
 
 from minitron.data.config import DataConfig
 from minitron.data.corpus import corpus_source
-from minitron.data.prepare import split_bounds, split_of
+from minitron.data.prepare import split_documents
 from minitron.data.publish import building
-from minitron.data.sources import iter_documents
 from minitron.errors import MinitronError
 from minitron.io import cache_dir
 from minitron.models import resolve_hf_source
@@ -66,16 +65,7 @@ def heldout_documents(split: str, source: str = CORPUS) -> list:
     Reusing prepare's hash rule (not a copy of it) guarantees that these documents are the ones
     kept out of training: a text is in one split only.
     """
-    cfg = DataConfig(source=source)
-    bounds, seen, docs = split_bounds(cfg), set(), []
-    for doc in iter_documents(cfg):
-        key = doc.text.strip()
-        if key in seen:
-            continue
-        seen.add(key)
-        if split_of(doc.text, bounds) == split:
-            docs.append(doc)
-    return docs
+    return [doc for doc, in_split in split_documents(DataConfig(source=source)) if in_split == split]
 
 
 def _paragraphs(text: str) -> list[str]:

@@ -19,7 +19,7 @@ from minitron.errors import MinitronError
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 # Megatron-Core hard-codes the llama3 rope-scaling shape; only `factor` is a parameter.
-_MEGATRON_LLAMA3_ROPE = {"low_freq_factor": 1.0, "high_freq_factor": 4.0,
+MEGATRON_LLAMA3_ROPE = {"low_freq_factor": 1.0, "high_freq_factor": 4.0,
                          "original_max_position_embeddings": 8192}
 
 
@@ -110,7 +110,7 @@ class LlamaArch:
         rope = {"rope_theta": self.rope_theta, "rope_type": "default"}
         if self.rope_scaling_factor is not None:
             rope = {"rope_type": "llama3", "factor": self.rope_scaling_factor,
-                    **_MEGATRON_LLAMA3_ROPE, "rope_theta": self.rope_theta}
+                    **MEGATRON_LLAMA3_ROPE, "rope_theta": self.rope_theta}
         return dict(architectures=["LlamaForCausalLM"], model_type="llama", **shape,
                     rms_norm_eps=self.norm_eps, rope_parameters=rope,
                     tie_word_embeddings=self.tie_word_embeddings,
@@ -159,7 +159,7 @@ def _llama3_factor(rope: dict, source: str) -> float | None:
         return None
     if kind != "llama3":
         raise MinitronError(f"{source}: rope type {kind!r} is not supported (default or llama3 only)")
-    for key, expected in _MEGATRON_LLAMA3_ROPE.items():
+    for key, expected in MEGATRON_LLAMA3_ROPE.items():
         if float(rope.get(key, expected)) != expected:
             raise MinitronError(
                 f"{source}: llama3 rope {key}={rope[key]} differs from Megatron-Core's fixed {expected}"

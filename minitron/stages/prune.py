@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from minitron import config, data
 from minitron.conversion.convert import load_megatron_from_nemo, nemo_to_hf
+from minitron.conversion.nemo_checkpoint import content_digest
 from minitron.conversion.verify import hf_logits
 from minitron.pruning import report
 from minitron.pruning.prune import PruneJob, run_job
@@ -27,9 +28,13 @@ from minitron.runtime.launch import run_module
 
 
 def scores_dir(folder: RunFolder, teacher: Path, token_digest: str) -> Path:
-    """Importance scores depend on the teacher, the calibration tokens and the search grid."""
+    """Importance scores depend on the teacher, the calibration tokens and the search grid.
+
+    The teacher is keyed by its weights' content, not its path: a teacher corrected (or re-imported)
+    into the same folder must not reuse the scores of the weights it replaced.
+    """
     p, par = folder.recipe.prune, folder.recipe.parallel
-    key = json.dumps([str(teacher.resolve()), token_digest, p.hidden_size_divisor, p.ffn_hidden_size_divisor,
+    key = json.dumps([content_digest(teacher), token_digest, p.hidden_size_divisor, p.ffn_hidden_size_divisor,
                       p.num_layers_divisor, p.dtype, p.calibration_batch_size, par.pipeline_parallel])
     return folder.importance_dir(hashlib.sha256(key.encode()).hexdigest()[:16])
 

@@ -76,6 +76,21 @@ def load(path: Path, model, optimizer, scheduler) -> int:
     hide = model.hide_teacher_model() if hasattr(model, "hide_teacher_model") else contextlib.nullcontext()
     with hide:
         model.load_state_dict(state["model"], strict=True)
+    _check_same_schedule(path, state["scheduler"], scheduler)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     return int(state["step"])
+
+
+def _check_same_schedule(path: Path, saved: dict, scheduler) -> None:
+    """Resuming continues the same run: `steps` fixes the cosine decay length and the order of the
+    training samples (drawn once for steps x global_batch_size), so a changed `steps` (or LR setting)
+    would silently be a different run. Megatron's scheduler only asserts; say what to do instead."""
+    changed = [f"{name}: checkpoint {saved[key]} vs now {getattr(scheduler, key)}"
+               for name, key in (("steps", "lr_decay_steps"), ("warmup_steps", "lr_warmup_steps"),
+                                 ("lr", "max_lr"), ("min_lr", "min_lr"))
+               if key in saved and saved[key] != getattr(scheduler, key)]
+    if changed:
+        raise MinitronError(f"{path}: written by a run with other settings ({'; '.join(changed)}); the LR schedule "
+                            "and data order follow them, so resuming would not give that run. Train into a new "
+                            "output folder, or set train.resume=never to start over")

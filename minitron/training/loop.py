@@ -171,8 +171,13 @@ def _run_batches(ddp, model, rows: torch.Tensor, cfg: TrainConfig, distilling: b
 
 
 def _average_metrics(reports: list[dict], device) -> dict[str, float]:
-    """Mean over micro-batches and data-parallel ranks, known on every rank."""
-    keys = ("loss", "kd_loss", "lm_loss")
+    """Mean over micro-batches and data-parallel ranks, known on every rank.
+
+    The student's LM loss comes first (what Megatron/NeMo report as validation loss, comparable across
+    teacher, pruned and distilled models); `kd_loss` is the logit KL; `loss` is the objective optimized
+    (= kd_loss when distilling without LM loss, = lm_loss when not distilling).
+    """
+    keys = ("lm_loss", "kd_loss", "loss")
     local = torch.zeros(len(keys) + 1, device=device)
     if parallel_state.is_pipeline_last_stage() and reports:
         for r in reports:
@@ -316,7 +321,12 @@ class _Logger:
             for k, v in m.items():
                 if isinstance(v, float):
                     self.tb.add_scalar(k, v, m["step"])
-        self.bar.set_postfix(loss=f"{m['loss']:.4f}", tok_s=f"{m['tokens_per_second']:.0f}")
+        shown = {"lm": f"{m['lm_loss']:.4f}"}
+        if math.isfinite(m["kd_loss"]):
+            shown["kd"] = f"{m['kd_loss']:.4f}"
+        if "val_lm_loss" in m:
+            shown["val_lm"] = f"{m['val_lm_loss']:.4f}"
+        self.bar.set_postfix(**shown, tok_s=f"{m['tokens_per_second']:.0f}")
         self.bar.update(1)
 
     def close(self) -> None:
