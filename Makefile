@@ -64,14 +64,15 @@ run: setup
 	$(MINITRON) run --config $(RECIPE) $(OUT_FLAG) $(ARGS)
 
 # Minitron pruning (CPU recipe on SmolLM2 by default; RECIPE= for any other, e.g. the Llama 3.1 DGX ones).
+# The teacher is corrected first when the recipe lists teacher_correction (Minitron prunes the corrected teacher).
 prune-width: setup
-	$(MINITRON) run --config $(RECIPE) "stages=[import, prune]" "prune.only=[width]" $(OUT_FLAG) $(ARGS)
+	$(MINITRON) prune --config $(RECIPE) "prune.only=[width]" $(OUT_FLAG) $(ARGS)
 
 prune-depth: setup
-	$(MINITRON) run --config $(RECIPE) "stages=[import, prune]" "prune.only=[depth]" $(OUT_FLAG) $(ARGS)
+	$(MINITRON) prune --config $(RECIPE) "prune.only=[depth]" $(OUT_FLAG) $(ARGS)
 
 prune: setup
-	$(MINITRON) run --config $(RECIPE) "stages=[import, prune]" $(OUT_FLAG) $(ARGS)
+	$(MINITRON) prune --config $(RECIPE) $(OUT_FLAG) $(ARGS)
 
 # Evaluation and the report of a run: whatever models it has so far (RECIPE=, OUT=, ARGS= as above).
 eval: setup

@@ -1,6 +1,7 @@
 """`minitron`: one command, one subcommand per job. This module only parses and dispatches.
 
     minitron run --config recipes/<recipe>.yaml [key=value ...]
+    minitron prune --config recipes/<recipe>.yaml [prune.only=[width]] [key=value ...]
     minitron distill --config recipes/<recipe>.yaml [nproc=N] [key=value ...]
     minitron teacher-correct --config recipes/<recipe>.yaml [nproc=N] [key=value ...]
     minitron eval --config R [--model NAME=HF_DIR ...] [key=value]  (perplexity, lm-eval, speed of the run's models)
@@ -38,6 +39,7 @@ from minitron.errors import MinitronError
 #: subcommand -> "module:function" that runs it.
 COMMANDS = {
     "run": "minitron.pipeline:run_command",
+    "prune": "minitron.pipeline:train_command",
     "distill": "minitron.pipeline:train_command",
     "teacher-correct": "minitron.pipeline:train_command",
     "eval": "minitron.pipeline:eval_command",
@@ -90,6 +92,8 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     _recipe_command(sub, "run", "run a recipe end to end (stages cached)")
+    _recipe_command(sub, "prune", "prune the recipe's students (import and, when the recipe corrects the teacher, "
+                                  "teacher correction first)", "prune.only=[width]")
     _recipe_command(sub, "distill", "distil the recipe's pruned students (runs import/prune first if needed; nproc=N)")
     _recipe_command(sub, "teacher-correct", "fine-tune the recipe's teacher (nproc=N)")
     e = _recipe_command(sub, "eval", "measure every model of a recipe's run: perplexity, lm-eval tasks, speed",

@@ -98,7 +98,10 @@ def eval_command(args) -> dict:
 
 
 def train_command(args) -> dict | None:
-    """`minitron distill` / `minitron teacher-correct`: the recipe up to that stage (done stages skip).
+    """`minitron prune` / `distill` / `teacher-correct`: the recipe up to that stage (done stages skip).
+
+    Prune and distill go through teacher correction first when the recipe lists it (or it was run into
+    the folder already): the corrected teacher is the one pruned and distilled from.
 
     Under an external torchrun (WORLD_SIZE > 1) every rank trains and the world size sets the data
     parallelism; otherwise training launches its own TP*PP*DP ranks (`nproc=N`).
@@ -109,9 +112,10 @@ def train_command(args) -> dict | None:
     recipe = load_recipe(args.config, [*args.overrides, *([f"nproc={world}"] if world > 1 else [])], args.output)
     if args.command == "teacher-correct":
         recipe.stages = ["import", "teacher_correction"]
-    else:  # a corrected teacher is used when the recipe lists teacher correction
-        recipe.stages = [s for s in ("import", "teacher_correction", "prune", "distill")
-                         if s != "teacher_correction" or s in recipe.stages]
+    else:  # the corrected teacher when the recipe lists teacher correction or it was run already
+        corrects = RunFolder(recipe).corrects_teacher()
+        upto = ("import", "teacher_correction", "prune") + (("distill",) if args.command == "distill" else ())
+        recipe.stages = [s for s in upto if s != "teacher_correction" or corrects]
     if world > 1:
         problems = recipe.check()
         if problems:

@@ -60,6 +60,10 @@ class TrainingStageConfig:
     config: str = doc("", "training YAML (see nemo_configs/): optimizer, schedule, batch, KD loss")
     overrides: list[str] = doc([], "key=value overrides of that YAML, e.g. [steps=20, precision=fp32]")
     students: list[str] = doc([], "distill only: which pruned students (empty = every student of prune)")
+    from_uncorrected_teacher: list[str] = doc(
+        [], "distill only: students also distilled from the uncorrected (imported) teacher, as stage "
+            "distill-<student>@teacher, to compare with distillation from the corrected teacher as the Minitron "
+            "paper does; needs teacher_correction in stages")
 
     def check(self) -> list[str]:
         return [] if self.config else ["training stage needs `config: nemo_configs/<file>.yaml`"]
@@ -95,9 +99,20 @@ class Recipe:
         for stage in ("teacher_correction", "distill"):
             if stage in self.stages and getattr(self, stage) is None:
                 problems.append(f"stages has {stage} but the recipe has no `{stage}:` section")
+        if "teacher_correction" in self.stages and "prune" in self.stages \
+                and self.stages.index("teacher_correction") > self.stages.index("prune"):
+            problems.append("stages: teacher_correction must come before prune (the corrected teacher is the one "
+                            "pruned and distilled from)")
         if self.distill is not None:
             names = [s.name for s in self.prune.students]
             problems += [f"distill.students: no pruned student {n!r}" for n in self.distill.students if n not in names]
+            distilled = self.distill.students or [s.name for s in self.prune.selected()]
+            problems += [f"distill.from_uncorrected_teacher: {n!r} is not a distilled student ({distilled})"
+                         for n in self.distill.from_uncorrected_teacher if n not in distilled]
+            if self.distill.from_uncorrected_teacher and "distill" in self.stages \
+                    and "teacher_correction" not in self.stages:
+                problems.append("distill.from_uncorrected_teacher needs teacher_correction in stages (without it "
+                                "every student is distilled from the uncorrected teacher already)")
         return problems
 
 

@@ -6,7 +6,8 @@ Layout (one folder per stage; a stage is complete when its ``summary.json`` exis
     verify/                 Megatron vs HF logits, NeMo -> HF round trip
     teacher_correction/     the teacher fine-tuned on the distillation data
     prune-<student>/        one per student of `prune.students`
-    distill-<student>/      one per distilled student
+    distill-<student>/      one per distilled student (from the corrected teacher when there is one)
+    distill-<student>@teacher/  distilled from the uncorrected teacher (`distill.from_uncorrected_teacher`)
     eval/  report/          refreshed on every run
     <stage>.work/           training checkpoints and eval caches (survive a killed run)
     importance/<key>/       pruning scores shared by every student of one teacher
@@ -30,11 +31,14 @@ from minitron.recipe import Recipe
 REFRESHED = ("eval", "report")
 #: Stages that run one folder per student: `prune-<student>`, `distill-<student>`.
 PER_STUDENT = ("prune", "distill")
+#: Suffix of a distillation from the uncorrected teacher: `distill-<student>@teacher`, model `<student>-distilled@teacher`.
+UNCORRECTED = "@teacher"
 
 
-def stage_name(kind: str, student: str | None = None) -> str:
-    """The folder name of a stage: ``prune`` + ``width`` -> ``prune-width``; ``import`` -> ``import``."""
-    return f"{kind}-{student}" if kind in PER_STUDENT else kind
+def stage_name(kind: str, student: str | None = None, uncorrected: bool = False) -> str:
+    """The folder name of a stage: ``prune`` + ``width`` -> ``prune-width``; ``import`` -> ``import``;
+    ``distill`` + ``width`` from the uncorrected teacher -> ``distill-width@teacher``."""
+    return f"{kind}-{student}{UNCORRECTED if uncorrected else ''}" if kind in PER_STUDENT else kind
 
 
 def stage_kind(name: str) -> str:
@@ -44,8 +48,13 @@ def stage_kind(name: str) -> str:
 
 
 def student_of(name: str) -> str | None:
-    """``distill-width`` -> ``width``; None for stages that are not per student."""
-    return name.split("-", 1)[1] if stage_kind(name) in PER_STUDENT else None
+    """``distill-width`` and ``distill-width@teacher`` -> ``width``; None for stages that are not per student."""
+    return name.split("-", 1)[1].removesuffix(UNCORRECTED) if stage_kind(name) in PER_STUDENT else None
+
+
+def from_uncorrected(name: str) -> bool:
+    """Whether a distillation stage uses the uncorrected teacher although the run corrects it."""
+    return name.endswith(UNCORRECTED)
 
 
 def is_training(name: str) -> bool:
@@ -115,6 +124,8 @@ class RunFolder:
                 plan += [(kind, stage_name(kind, s.name)) for s in self.recipe.prune.selected()]
             elif kind == "distill":
                 plan += [(kind, stage_name(kind, s)) for s in self.distilled_students()]
+                plan += [(kind, stage_name(kind, s, uncorrected=True))
+                         for s in self.recipe.distill.from_uncorrected_teacher]
             else:
                 plan.append((kind, kind))
         return plan
@@ -125,17 +136,30 @@ class RunFolder:
         s = self.summary("import")
         return {"hf": Path(s["hf"]), "nemo": Path(s["nemo"])}
 
-    def teacher_nemo(self) -> Path:
-        """The teacher of prune and distill: the corrected one when the recipe lists teacher correction."""
-        if "teacher_correction" in self.recipe.stages:
+    def corrects_teacher(self) -> bool:
+        """The recipe lists teacher correction, or it was run into this folder (`minitron teacher-correct`)."""
+        return "teacher_correction" in self.recipe.stages or self.done("teacher_correction")
+
+    def teacher_nemo(self, stage: str | None = None) -> Path:
+        """The teacher of prune and distill: the corrected one when the run corrects it (except for the
+        `distill-<student>@teacher` comparison, which uses the imported one)."""
+        if self.corrects_teacher() and not (stage and from_uncorrected(stage)):
             return Path(self.summary("teacher_correction")["nemo"])
         return self.imported_teacher()["nemo"]
+
+    def teacher_model(self, stage: str | None = None) -> str:
+        """Model name of the teacher `teacher_nemo(stage)` returns: ``teacher-corrected`` or ``teacher``."""
+        return "teacher-corrected" if self.corrects_teacher() and not (stage and from_uncorrected(stage)) \
+            else "teacher"
 
     def model_stages(self) -> dict[str, str]:
         """Model name -> the stage that produces it (whether or not it has run)."""
         stages = {"teacher": "import", "teacher-corrected": "teacher_correction"}
         stages.update({f"{s.name}-pruned": stage_name("prune", s.name) for s in self.recipe.prune.students})
         stages.update({f"{s}-distilled": stage_name("distill", s) for s in self.distilled_students()})
+        if self.recipe.distill is not None:
+            stages.update({f"{s}-distilled{UNCORRECTED}": stage_name("distill", s, uncorrected=True)
+                           for s in self.recipe.distill.from_uncorrected_teacher})
         return stages
 
     def models(self) -> dict[str, Path]:

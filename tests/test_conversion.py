@@ -139,3 +139,22 @@ def test_pruned_shapes_export_and_load_in_transformers(tmp_path, tiny_hf):
     with torch.no_grad():
         ref = model(dev_tok, position_ids(dev_tok), None).cpu()
     assert_close(hf_logits(tmp_path / "pruned_hf", tok), ref, atol=1e-4, rtol=0)
+
+
+def test_content_digest_follows_the_weights_not_the_path(tiny_nemo, tmp_path):
+    """Pruning scores are keyed by this digest: a teacher re-written in place must get a new key."""
+    import shutil
+
+    from minitron.conversion import nemo_checkpoint as nemo
+
+    ckpt = tmp_path / "teacher"
+    shutil.copytree(tiny_nemo, ckpt)
+    before = nemo.content_digest(ckpt)
+    assert before == nemo.content_digest(tiny_nemo)  # same weights elsewhere: same key
+    distributed.initialize(1, 1)
+    model, _ = load_megatron_from_nemo(ckpt)
+    with torch.no_grad():
+        model.decoder.final_layernorm.weight.add_(1e-3)  # as a tiny correction step would
+    shutil.rmtree(ckpt / "weights")
+    nemo.save_weights(model, ckpt)
+    assert nemo.content_digest(ckpt) != before

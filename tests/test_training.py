@@ -249,7 +249,9 @@ def test_distill_under_external_torchrun_equals_nproc_launch(tiny_hf, tmp_path):
 
 
 def test_recipe_with_teacher_correction_and_distillation(tiny_hf, tmp_path):
-    """import -> teacher_correction -> prune -> distill through `minitron distill`; outputs load in HF."""
+    """import -> teacher_correction -> prune -> distill through `minitron distill`: the corrected teacher is
+    pruned and distilled from, the same student is distilled from the uncorrected one for comparison, the
+    report compares them; outputs load in HF."""
     from conftest import run_minitron
 
     train_yaml = tmp_path / "train.yaml"
@@ -257,16 +259,60 @@ def test_recipe_with_teacher_correction_and_distillation(tiny_hf, tmp_path):
                           "lr: 1.0e-3\neval_interval: 2\nsave_interval: 2\neval_samples: 4\nprecision: bf16\n")
     recipe = write_tiny_recipe(tmp_path, tiny_hf, "[import, teacher_correction, prune, distill]",
                                "[{name: width, hidden_size: 48, ffn_hidden_size: 64}]",
-                               f"teacher_correction: {{config: {train_yaml}}}\ndistill: {{config: {train_yaml}}}\n")
+                               f"teacher_correction: {{config: {train_yaml}}}\n"
+                               f"distill: {{config: {train_yaml}, from_uncorrected_teacher: [width]}}\n")
     proc = run_minitron("distill", "--config", str(recipe), "--output", str(tmp_path / "runs"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "runs/tiny"
     corrected = json.loads((run / "teacher_correction/summary.json").read_text())
+    imported = json.loads((run / "import/summary.json").read_text())
+    pruned = json.loads((run / "prune-width/summary.json").read_text())
     distilled = json.loads((run / "distill-width/summary.json").read_text())
-    assert distilled["teacher"] == corrected["nemo"]  # the corrected teacher taught the student
+    compared = json.loads((run / "distill-width@teacher/summary.json").read_text())
+    assert pruned["teacher"] == distilled["teacher"] == corrected["nemo"]  # the corrected teacher, pruned and taught
+    assert (compared["teacher"], compared["teacher_model"]) == (imported["nemo"], "teacher")
+    assert distilled["teacher_model"] == "teacher-corrected"
+    assert compared["validation"]["lm_loss"] != distilled["validation"]["lm_loss"]
+    report = run_minitron("report", "--config", str(recipe), "--output", str(tmp_path / "runs"))
+    assert report.returncode == 0, report.stderr[-2000:]
+    text = (run / "report/report.md").read_text()
+    section = text.split("## Teacher correction")[1].split("## ")[0]
+    assert "width-distilled (from teacher-corrected)" in section and "width-distilled@teacher (from teacher)" in section
     assert json.loads((run / "prune-width/summary.json").read_text())["arch"]["hidden_size"] == 48
     assert distilled["steps"] == 4 and (run / "distill-width/loss.png").is_file()
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(run / "distill-width/hf")
     assert model.config.hidden_size == 48 and model.config.head_dim == 24
+
+
+def test_teacher_correction_order_and_stale_students(tiny_hf, tmp_path):
+    """Correction after pruning is refused in the recipe; a student pruned before the teacher was corrected
+    is not silently distilled from the corrected one."""
+    import shutil
+
+    from conftest import run_minitron
+
+    train_yaml = tmp_path / "train.yaml"
+    train_yaml.write_text("# Run: (test)\nsteps: 2\nmicro_batch_size: 2\nglobal_batch_size: 2\nwarmup_steps: 1\n"
+                          "eval_interval: 2\nsave_interval: 2\neval_samples: 2\nprecision: fp32\n")
+    sections = f"teacher_correction: {{config: {train_yaml}}}\ndistill: {{config: {train_yaml}}}\n"
+    recipe = write_tiny_recipe(tmp_path, tiny_hf, "[import, prune, teacher_correction, distill]",
+                               "[{name: depth, num_layers: 2}]", sections)
+    proc = run_minitron("run", "--config", str(recipe), "--output", str(tmp_path / "runs"))
+    assert proc.returncode != 0 and "teacher_correction must come before prune" in proc.stderr
+
+    recipe = write_tiny_recipe(tmp_path, tiny_hf, "[import, prune, distill]", "[{name: depth, num_layers: 2}]",
+                               sections)
+    first = run_minitron("run", "--config", str(recipe), "--output", str(tmp_path / "runs"), "stages=[import, prune]")
+    assert first.returncode == 0, first.stderr[-2000:]
+    corrected = run_minitron("teacher-correct", "--config", str(recipe), "--output", str(tmp_path / "runs"))
+    assert corrected.returncode == 0, corrected.stderr[-2000:]
+    stale = run_minitron("distill", "--config", str(recipe), "--output", str(tmp_path / "runs"))
+    assert stale.returncode != 0 and "corrected after pruning" in stale.stderr
+    assert not (tmp_path / "runs/tiny/distill-depth").exists()
+    shutil.rmtree(tmp_path / "runs/tiny/prune-depth")  # as the message says: prune the corrected teacher
+    again = run_minitron("distill", "--config", str(recipe), "--output", str(tmp_path / "runs"))
+    assert again.returncode == 0, again.stderr[-2000:]
+    runs = tmp_path / "runs/tiny"
+    assert json.loads((runs / "prune-depth/summary.json").read_text())["teacher_model"] == "teacher-corrected"

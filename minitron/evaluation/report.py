@@ -127,14 +127,40 @@ def _training_table(stages: dict) -> list[str]:
         if not is_training(name):
             continue
         val = s.get("validation") or {}
-        rows.append([name, s["steps"], _fmt(s["tokens"]), (s.get("precision") or {}).get("precision", DASH),
+        rows.append([name, s.get("teacher_model") or DASH, s["steps"], _fmt(s["tokens"]),
+                     (s.get("precision") or {}).get("precision", DASH),
                      _fmt(s.get("seconds_this_run"), 0),
                      _fmt(s.get("tokens_per_second"), 0), _fmt(s.get("pruned_validation_loss"), 4),
                      _fmt(val.get("lm_loss"), 4), _fmt(s.get("teacher_validation_loss"), 4),
                      _fmt(val.get("kd_loss"), 4)])
-    header = ["stage", "steps", "tokens", "precision", "wall (s)", "tok/s", "val loss before", "val loss after",
-              "teacher val loss", "val KD loss"]
+    header = ["stage", "teacher", "steps", "tokens", "precision", "wall (s)", "tok/s", "val LM loss before",
+              "val LM loss after", "teacher val LM loss", "val KD loss"]
     return _markdown_table(header, rows) if rows else ["(no training stage in this run)"]
+
+
+def _teacher_correction_table(stages: dict, results: dict) -> list[str]:
+    """Minitron's teacher correction: the teacher before/after, and students distilled from each."""
+    if "teacher_correction" not in stages:
+        return []
+    tasks = list(dict.fromkeys(t for r in results.values() for t in (r.get("lm_eval") or {})))
+    rows = []
+    for model in ("teacher", "teacher-corrected"):
+        r = results.get(model, {})
+        rows.append([f"**{model}**", DASH, _fmt((r.get("perplexity") or {}).get("perplexity")),
+                     *[task_scores(r).get(t, DASH) for t in tasks]])
+    for name, s in stages.items():
+        if stage_kind(name) != "distill":
+            continue
+        model = f"{s['student']}-distilled" + ("@teacher" if s.get("teacher_model") == "teacher" else "")
+        r = results.get(model, {})
+        rows.append([f"{model} (from {s.get('teacher_model')})", _fmt((s.get("validation") or {}).get("lm_loss"), 4),
+                     _fmt((r.get("perplexity") or {}).get("perplexity")), *[task_scores(r).get(t, DASH) for t in tasks]])
+    tc = stages["teacher_correction"]
+    return ["", "## Teacher correction", "",
+            f"The teacher was fine-tuned on the distillation data ({_fmt(tc.get('tokens'))} tokens) before pruning; "
+            "students are pruned from and distilled from the corrected teacher. A row marked `@teacher` is the same "
+            "pruned student distilled from the uncorrected teacher, at the same tokens (`distill.from_uncorrected_teacher`).",
+            "", *_markdown_table(["model", "val LM loss", "perplexity", *tasks], rows)]
 
 
 def _pruning_table(stages: dict) -> list[str]:
@@ -170,6 +196,7 @@ def _markdown(folder: RunFolder, stages: dict, results: dict, plots: list[str]) 
         lines += _speed_table(results)
     else:
         lines += ["(no eval stage output yet: add `eval` to the recipe's stages or run `make eval`)"]
+    lines += _teacher_correction_table(stages, results)
     lines += ["", "## Pruning", ""] + _pruning_table(stages)
     lines += ["", "## Training", ""] + _training_table(stages)
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]

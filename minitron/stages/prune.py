@@ -73,7 +73,8 @@ def run(folder: RunFolder, stage: str, out: Path) -> dict:
     parity = _hf_parity(out / "nemo", out / "hf", tokens)
     files = report.write(report.build(result), out)
     tokens.unlink()  # recreated from the data cache on demand; no need to keep a copy
-    return {"student": student.name, "nemo": str(out / "nemo"), "hf": str(out / "hf"), "scores": str(scores),
+    return {"student": student.name, "teacher": str(paths["nemo"]), "teacher_model": folder.teacher_model(),
+            "nemo": str(out / "nemo"), "hf": str(out / "hf"), "scores": str(scores),
             "arch": result["arch"], "parameters": result["parameters"],
             "teacher_parameters": result["teacher_parameters"],
             "validation_loss": result["validation_loss"], "teacher_validation_loss": result["teacher_validation_loss"],

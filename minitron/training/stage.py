@@ -18,6 +18,7 @@ import matplotlib
 from minitron import config
 from minitron.conversion.convert import nemo_to_hf
 from minitron.run_folder import RunFolder, is_training, stage_kind, stage_name, student_of
+from minitron.errors import MinitronError
 from minitron.runtime import distributed
 from minitron.runtime.launch import run_module
 from minitron.training.loop import TrainJob, train
@@ -33,11 +34,23 @@ def make_job(folder: RunFolder, stage: str) -> TrainJob:
         section, student, teacher = recipe.teacher_correction, folder.imported_teacher()["nemo"], None
     else:
         section = recipe.distill
-        student, teacher = Path(folder.summary(stage_name("prune", student_of(stage)))["nemo"]), folder.teacher_nemo()
+        pruned = folder.summary(stage_name("prune", student_of(stage)))
+        student, teacher = Path(pruned["nemo"]), folder.teacher_nemo(stage)
+        _check_pruned_from(folder, stage, pruned)
     par = recipe.parallel
     return TrainJob(student=str(student), teacher=str(teacher) if teacher else None,
                     output=str(folder.work_dir(stage)), data=recipe.data, train=section.train_config(),
                     tensor_parallel=par.tensor_parallel, pipeline_parallel=par.pipeline_parallel)
+
+
+def _check_pruned_from(folder: RunFolder, stage: str, pruned: dict) -> None:
+    """Minitron prunes the teacher it distils from: a student pruned before the teacher was corrected
+    would be distilled from another model than the one whose importance chose its channels."""
+    expected = folder.teacher_nemo()
+    if pruned.get("teacher") and Path(pruned["teacher"]) != expected:
+        prune_dir = folder.stage_dir(stage_name("prune", student_of(stage)))
+        raise MinitronError(f"{prune_dir}: pruned from {pruned['teacher']}, but this run's teacher is now {expected} "
+                            f"(corrected after pruning); remove {prune_dir} to prune the corrected teacher")
 
 
 def _train(job: TrainJob, folder: RunFolder) -> tuple[dict, float]:
@@ -75,6 +88,7 @@ def train_stage(folder: RunFolder, stage: str, out: Path, trained: tuple[dict, f
                "tokens_per_second": sum(m["tokens_per_second"] for m in last.values()) / len(last),
                "checkpoints": str(work / "checkpoints"), "export_seconds": export["seconds"],
                "precision": result["precision"]}
+    summary["teacher_model"] = folder.teacher_model(stage) if teacher else None
     if stage_kind(stage) == "distill":
         summary["student"] = student_of(stage)
         summary["pruned_validation_loss"] = folder.summary(stage_name("prune", student_of(stage)))["validation_loss"]
