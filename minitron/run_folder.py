@@ -169,7 +169,8 @@ class RunFolder:
 
     def newest_distilled(self) -> Path | None:
         """HF folder of the most recently written distilled student, if any."""
-        students = [p.parent for p in self.root.glob(f"{stage_name('distill', '*')}/hf/config.json")]
+        students = [p.parent for p in self.root.glob(f"{stage_name('distill', '*')}/hf/config.json")
+                    if not from_uncorrected(p.parent.parent.name)]  # the comparison students are not the product
         return max(students, key=lambda p: p.stat().st_mtime) if students else None
 
 

@@ -284,7 +284,7 @@ def test_default_model_is_the_newest_distilled_student(tmp_path, monkeypatch, ti
     from minitron.deploy.serving.server import default_model, fix_stub_libpython, served_name
 
     run = tmp_path / "runs" / "smollm2-135m_minitron_cpu"
-    for i, student in enumerate(["width", "depth"]):
+    for i, student in enumerate(["width", "depth", "width@teacher"]):  # the comparison student is newest
         hf = run / f"distill-{student}" / "hf"
         hf.mkdir(parents=True)
         (hf / "config.json").write_text("{}")

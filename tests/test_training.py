@@ -193,10 +193,22 @@ def test_checkpoint_from_another_model_is_refused(models, tmp_path):
         train(job)
 
 
+def test_resuming_with_other_steps_is_refused(models, tmp_path):
+    """`steps` fixes the cosine schedule and the sample order: a resumed run must keep it."""
+    train(make_job(models, tmp_path / "run", teacher=False, steps=3, save_interval=3))
+    with pytest.raises(MinitronError, match=r"steps: checkpoint 3 vs now 6.*new output folder") as e:
+        train(make_job(models, tmp_path / "run", teacher=False, steps=6, save_interval=3))
+    assert "\n" not in str(e.value)
+    never = make_job(models, tmp_path / "run", teacher=False, steps=6, save_interval=3, resume="never")
+    assert train(never)["steps"] == 6
+
+
 def test_disk_full_during_save_keeps_earlier_checkpoints(models, tmp_path, monkeypatch):
     from minitron.training import checkpoint
 
-    train(make_job(models, tmp_path / "run", teacher=False, steps=3, save_interval=3))
+    first = make_job(models, tmp_path / "run", teacher=False, steps=6, save_interval=3)
+    first.max_steps_this_run = 3  # stopped after the step-3 checkpoint
+    train(first)
     real_save = checkpoint.dist_checkpointing.save
 
     def full_disk(state, path, *a, **k):

@@ -56,6 +56,11 @@ def save(root: Path, model, optimizer, scheduler, step: int, keep_last: int) -> 
                             "earlier checkpoints are intact") from None
     torch.distributed.barrier()
     if distributed.is_rank0():
+        if final.exists():  # left by an earlier run (train.resume=never starts over in the same folder)
+            stale = root / f".step_{step:08d}.replaced"
+            shutil.rmtree(stale, ignore_errors=True)
+            final.rename(stale)
+            shutil.rmtree(stale)
         partial.rename(final)
         for _, old in complete_checkpoints(root)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
