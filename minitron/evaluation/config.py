@@ -68,7 +68,8 @@ class ThroughputSection:
 @dataclass
 class EvalConfig:
     models: list[str] = doc([], "which models of the run to evaluate (names as in the report: teacher, "
-                                "teacher-corrected, <student>-pruned, <student>-distilled); empty = all")
+                                "teacher-corrected, <student>-pruned, <student>-distilled, <student>-distilled@teacher); "
+                                "empty = all")
     extra_models: list[str] = doc([], "more HF checkpoints to evaluate alongside, as NAME=HF_DIR (e.g. an "
                                       "FP8 export)")
     dtype: str = doc("auto", "model dtype for perplexity: auto|bf16|fp32")

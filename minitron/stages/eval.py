@@ -1,7 +1,8 @@
 """Stage `eval`: every model of the run measured the same way, side by side.
 
 Models are the exported HF checkpoints the earlier stages left: ``teacher`` (import),
-``teacher-corrected``, ``<student>-pruned`` and ``<student>-distilled``, whichever exist.
+``teacher-corrected``, ``<student>-pruned``, ``<student>-distilled`` and ``<student>-distilled@teacher``
+(distilled from the uncorrected teacher), whichever exist.
 For each: parameters, held-out perplexity (minitron/evaluation/perplexity.py), and
 lm-evaluation-harness tasks; then one throughput run over all of them, in turns.
 
