@@ -20,7 +20,7 @@ PYTEST_ARGS ?=
 .PHONY: nemo-env eval report export build-engine bench-fp8 bench-trtllm prune-width prune-depth prune distill teacher-correct bench-distill bench-kd-loop bench-pruning setup demo run test test-unit test-fast convert-hf-to-nemo convert-nemo-to-hf model bench-conversion clean help
 
 help:
-	@echo "make demo            the whole pipeline on the embedded SmolLM2 on CPU (~31 min with native bf16), ending with its report"
+	@echo "make demo            the whole pipeline on the embedded SmolLM2 on CPU (~36 min with native bf16), ending with its report"
 	@echo "make test            run the whole test suite (what CI runs)"
 	@echo "make nemo-env        NeMo 2.7 in .venv-nemo; MINITRON_NEMO_PYTHON=.venv-nemo/bin/python makes every checkpoint NeMo-loadable"
 	@echo "make run RECIPE=...  run any recipe; OUT=dir ARGS='k=v ...' pass through"

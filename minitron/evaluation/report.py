@@ -29,7 +29,7 @@ def write(folder: RunFolder, out: Path) -> dict:
 
 # ---- tables -----------------------------------------------------------------------------------
 def _fmt(value, digits: int = 2) -> str:
-    if value is None:
+    if value is None or (isinstance(value, float) and value != value):  # not measured, or NaN (no such loss)
         return DASH
     if isinstance(value, int):
         return f"{value:,}"
@@ -143,10 +143,13 @@ def _teacher_correction_table(stages: dict, results: dict) -> list[str]:
     if "teacher_correction" not in stages:
         return []
     tasks = list(dict.fromkeys(t for r in results.values() for t in (r.get("lm_eval") or {})))
+    # A teacher's validation LM loss as the distillation stages measured it (same validation rows as the students).
+    teacher_loss = {s.get("teacher_model"): s.get("teacher_validation_loss") for name, s in stages.items()
+                    if stage_kind(name) == "distill" and s.get("teacher_validation_loss") is not None}
     rows = []
     for model in ("teacher", "teacher-corrected"):
         r = results.get(model, {})
-        rows.append([f"**{model}**", DASH, _fmt((r.get("perplexity") or {}).get("perplexity")),
+        rows.append([f"**{model}**", _fmt(teacher_loss.get(model), 4), _fmt((r.get("perplexity") or {}).get("perplexity")),
                      *[task_scores(r).get(t, DASH) for t in tasks]])
     for name, s in stages.items():
         if stage_kind(name) != "distill":

@@ -321,7 +321,8 @@ class _Logger:
             for k, v in m.items():
                 if isinstance(v, float):
                     self.tb.add_scalar(k, v, m["step"])
-        shown = {"lm": f"{m['lm_loss']:.4f}"}
+        # Model Optimizer skips the student's LM loss in training when kd.lm_loss is false (it reads 0 then).
+        shown = {"lm": f"{m['lm_loss']:.4f}"} if m["lm_loss"] > 0 else {}
         if math.isfinite(m["kd_loss"]):
             shown["kd"] = f"{m['kd_loss']:.4f}"
         if "val_lm_loss" in m:
