@@ -17,7 +17,7 @@ ARGS     ?=
 OUT_FLAG  = $(if $(OUT),--output $(OUT),)
 PYTEST_ARGS ?=
 
-.PHONY: nemo-env eval report export build-engine bench-fp8 bench-trtllm prune-width prune-depth prune distill teacher-correct bench-distill bench-kd-loop bench-pruning setup demo run test test-unit test-fast convert-hf-to-nemo convert-nemo-to-hf model bench-conversion clean help
+.PHONY: docker-build docker-run nemo-env eval report export build-engine bench-fp8 bench-trtllm prune-width prune-depth prune distill teacher-correct bench-distill bench-kd-loop bench-pruning setup demo run test test-unit test-fast convert-hf-to-nemo convert-nemo-to-hf model bench-conversion clean help
 
 help:
 	@echo "make demo            the whole pipeline on the embedded SmolLM2 on CPU (~36 min with native bf16), ending with its report"
@@ -37,6 +37,8 @@ help:
 	@echo "make export            FP8 TensorRT-LLM checkpoint of the newest distilled student (EXPORT_FORMAT=hf, EXPORT_DTYPE=bf16)"
 	@echo "make build-engine      trtllm-build the export (TensorRT-LLM 1.2 + GPU; exit 3 without them)"
 	@echo "make bench-fp8         SmolLM2 held-out perplexity, BF16 vs FP8 (Model Optimizer PTQ, CPU fake-quant)"
+	@echo "make docker-build      the NeMo-based training image and the TensorRT-LLM deployment image (Docker daemon needed)"
+	@echo "make docker-run CMD='minitron ...'   run a command in the training image with the usual GPU flags"
 	@echo "make bench-trtllm      TensorRT-LLM tokens/s, teacher vs distilled students, BF16/FP8 (GPU + TensorRT-LLM 1.2)"
 
 # Idempotent: reinstalls only when the pins or the package metadata change.
@@ -164,6 +166,23 @@ test-fast: setup
 
 bench-conversion: setup
 	$(PY) benchmarks/bench_conversion.py
+
+# GPU images (docker/). Needs a Docker daemon; GPU runs need the NVIDIA Container Toolkit. Exit 3 without one.
+DOCKER       ?= docker
+IMAGE        ?= minitron:nemo
+DEPLOY_IMAGE ?= minitron-deploy:trtllm
+CMD          ?= minitron --help
+DOCKER_CHECK  = @$(DOCKER) info >/dev/null 2>&1 || { echo "$@: no Docker daemon reachable ($(DOCKER) info failed): start Docker, or set DOCKER="; exit 3; }
+
+docker-build:
+	$(DOCKER_CHECK)
+	$(DOCKER) build -f docker/Dockerfile -t $(IMAGE) .
+	$(DOCKER) build -f docker/Dockerfile.trtllm -t $(DEPLOY_IMAGE) .
+
+docker-run:
+	$(DOCKER_CHECK)
+	$(DOCKER) run --rm --gpus all --ipc=host --ulimit memlock=-1 --ulimit stack=67108864 \
+		-v $(CURDIR)/runs:/workspace/minitron/runs $(IMAGE) $(CMD)
 
 clean:
 	rm -rf runs .pytest_cache
