@@ -1,6 +1,7 @@
 """`minitron`: one command, one subcommand per job. This module only parses and dispatches.
 
     minitron run --config recipes/<recipe>.yaml [key=value ...]
+    minitron plan --config R --nodes N --gpus-per-node G [--gpu h100-80gb] (memory per GPU, tokens/s, wall time)
     minitron prune --config recipes/<recipe>.yaml [prune.only=[width]] [key=value ...]
     minitron distill --config recipes/<recipe>.yaml [nproc=N] [key=value ...]
     minitron teacher-correct --config recipes/<recipe>.yaml [nproc=N] [key=value ...]
@@ -39,6 +40,7 @@ from minitron.errors import MinitronError
 #: subcommand -> "module:function" that runs it.
 COMMANDS = {
     "run": "minitron.pipeline:run_command",
+    "plan": "minitron.plan:plan_command",
     "prune": "minitron.pipeline:train_command",
     "distill": "minitron.pipeline:train_command",
     "teacher-correct": "minitron.pipeline:train_command",
@@ -92,6 +94,16 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     _recipe_command(sub, "run", "run a recipe end to end (stages cached)")
+    c = sub.add_parser("plan", help="memory per GPU, tokens/s and wall time of a recipe's training stages on a "
+                                    "cluster; refuses layouts that cannot fit or do not divide the GPUs")
+    c.add_argument("--config", required=True, help="recipe YAML")
+    c.add_argument("overrides", nargs="*", help="key=value overrides, e.g. parallel.tensor_parallel=8")
+    c.add_argument("--nodes", type=int, required=True)
+    c.add_argument("--gpus-per-node", type=int, default=8)
+    c.add_argument("--gpu", default="h100-80gb", help="h100-80gb, h200-141gb, a100-80gb, b200-180gb")
+    c.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilization assumed for throughput")
+    c.add_argument("--recompute", action="store_true", help="full activation recomputation")
+    c.add_argument("--teacher", default=None, help="llama3.1-8b or an HF folder, when model.source is not here")
     _recipe_command(sub, "prune", "prune the recipe's students (import and, when the recipe corrects the teacher, "
                                   "teacher correction first)", "prune.only=[width]")
     _recipe_command(sub, "distill", "distil the recipe's pruned students (runs import/prune first if needed; nproc=N)")

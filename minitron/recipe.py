@@ -29,7 +29,8 @@ STAGES = ("import", "verify", "teacher_correction", "prune", "distill", "eval", 
 @dataclass
 class ModelConfig:
     source: str = doc("embedded:smollm2-135m-instruct",
-                      "teacher model: an HF checkpoint folder, a .gguf file, or embedded:<name>")
+                      "teacher model: an HF checkpoint folder, a NeMo 2 checkpoint (context/ + weights/, e.g. from "
+                      "NeMo's llm.import_ckpt), a .gguf file, or embedded:<name>")
 
 
 @dataclass

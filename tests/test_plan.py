@@ -1,0 +1,72 @@
+"""`minitron plan`: the memory model's arithmetic, refusals, and the 8B recipe sized from its numbers alone."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import REPO, run_minitron
+from minitron.errors import MinitronError
+from minitron.plan import GPU, GPUS, Layout, activation_bytes, params_per_gpu, plan, teacher_arch, train_memory
+from minitron.recipe import load_recipe
+from minitron.runtime.llama import LlamaArch
+
+WIDTH = REPO / "recipes" / "llama3.1-8b_minitron-width_dgx.yaml"
+ARCH = LlamaArch(vocab_size=1000, hidden_size=64, ffn_hidden_size=96, num_layers=4, num_attention_heads=8,
+                 num_query_groups=4, head_dim=24, norm_eps=1e-5, rope_theta=1e4, rope_scaling_factor=None,
+                 tie_word_embeddings=False, max_position_embeddings=512)
+
+
+def test_one_gpu_holds_the_whole_model_and_shards_divide_it():
+    whole = Layout(tp=1, pp=1, dp=1, micro_batch=1, seq=128, recompute=False)
+    assert params_per_gpu(ARCH, whole) == ARCH.num_parameters() - ARCH.hidden_size  # all but the final norm
+    tp2 = Layout(tp=2, pp=1, dp=1, micro_batch=1, seq=128, recompute=False)
+    assert params_per_gpu(ARCH, tp2) == params_per_gpu(ARCH, whole) / 2
+    memory = train_memory(ARCH, None, whole, precision_bytes=2)
+    n = params_per_gpu(ARCH, whole) / 2 ** 30
+    assert memory["weights"] == pytest.approx(2 * n) and memory["gradients"] == pytest.approx(4 * n)
+    assert memory["optimizer"] == pytest.approx(12 * n)  # fp32 master + two Adam moments, DP=1
+    dp4 = train_memory(ARCH, ARCH, Layout(1, 1, 4, 1, 128, False), precision_bytes=2)
+    assert dp4["optimizer"] == pytest.approx(3 * n) and dp4["teacher_weights"] == pytest.approx(2 * n)
+
+
+def test_recompute_keeps_only_layer_inputs():
+    full = activation_bytes(ARCH, Layout(1, 2, 1, 2, 128, False), in_flight=2)
+    assert full == 34 * 128 * 2 * 64 * 2 * 2  # 34·s·b·h per layer, 2 layers per stage, 2 micro-batches in flight
+    assert activation_bytes(ARCH, Layout(1, 2, 1, 2, 128, True), in_flight=2) == full * 2 / 34
+
+
+def test_llama31_8b_distillation_on_8x8_h100():
+    recipe = load_recipe(WIDTH, ["parallel.tensor_parallel=8", "parallel.pipeline_parallel=1"])
+    result = plan(recipe, teacher_arch(recipe, "llama3.1-8b"), 8, 8, GPUS["h100-80gb"], 0.4, False)
+    assert not result["problems"]
+    distill = result["stages"]["distill-width"]
+    assert distill["layout"] == {"tp": 8, "pp": 1, "dp": 8, "micro_batch": 1, "seq": 8192, "recompute": False}
+    assert distill["tokens"] == 10000 * 1152 * 8192  # the published 94B tokens
+    assert 0 < distill["total_gib"] < 80 and distill["memory_gib"]["teacher_weights"] > 0
+    assert set(result["stages"]) == {"teacher_correction", "distill-width"}
+
+
+def test_layouts_that_cannot_run_are_refused():
+    recipe = load_recipe(WIDTH, [])
+    teacher = teacher_arch(recipe, "llama3.1-8b")
+    with pytest.raises(MinitronError, match="12 GPUs .* not a multiple of tensor_parallel x pipeline_parallel = 1 x 8"):
+        plan(recipe, teacher, 3, 4, GPUS["h100-80gb"], 0.4, False)
+    with pytest.raises(MinitronError, match="nodes=0"):
+        plan(recipe, teacher, 0, 8, GPUS["h100-80gb"], 0.4, False)
+    small = plan(recipe, teacher, 1, 8, GPU(memory_gib=16, bf16_tflops=989), 0.4, False)
+    assert any("more than the 16 GiB there" in p for p in small["problems"])
+    odd = plan(recipe, teacher, 5, 8, GPUS["h100-80gb"], 0.4, False)  # DP 5 does not divide 1152
+    assert any("not divisible by micro_batch_size 1 x data_parallel 5" in p for p in odd["problems"])
+    wide = plan(load_recipe(WIDTH, ["parallel.tensor_parallel=16", "parallel.pipeline_parallel=1"]), teacher, 2, 8,
+                GPUS["h100-80gb"], 0.4, False)
+    assert any("spans nodes" in p for p in wide["problems"])
+
+
+def test_plan_command_prints_the_table_and_refuses_in_one_line():
+    ok = run_minitron("plan", "--config", str(WIDTH), "--nodes", "8", "--teacher", "llama3.1-8b")
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "| distill-width | 1/8/8 |" in ok.stdout
+    bad = run_minitron("plan", "--config", str(WIDTH), "--nodes", "1", "--gpus-per-node", "6", "--teacher", "llama3.1-8b")
+    assert bad.returncode != 0 and "not a multiple of" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    missing = run_minitron("plan", "--config", str(WIDTH), "--nodes", "1")
+    assert missing.returncode != 0 and "--teacher llama3.1-8b" in missing.stderr
