@@ -20,6 +20,7 @@ this repository's earlier ``minitron/nemo2-llama/v1`` checkpoints.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -132,6 +133,11 @@ def add_nemo_context(nemo_dir: str | Path) -> dict:
     return {"output": str(nemo_dir), "written": True}
 
 
+#: Llama31Config's RoPE-scaling fields -> the HF names of Megatron-Core's fixed llama3 RoPE values.
+NEMO_LLAMA31_ROPE = {"low_freq_factor": "low_freq_factor", "high_freq_factor": "high_freq_factor",
+                     "old_context_len": "original_max_position_embeddings"}
+
+
 def nemo_spec(arch: LlamaArch, dtype: torch.dtype, hf_config: dict, tokenizer: Path) -> dict:
     """NeMo's config class and fields for `arch` (what NeMo's own HF importer would set)."""
     config = {"num_layers": arch.num_layers, "hidden_size": arch.hidden_size,
@@ -145,9 +151,7 @@ def nemo_spec(arch: LlamaArch, dtype: torch.dtype, hf_config: dict, tokenizer: P
     if arch.rope_scaling_factor is not None:
         config_class = "Llama31Config"
         config.update(scale_factor=arch.rope_scaling_factor,
-                      low_freq_factor=MEGATRON_LLAMA3_ROPE["low_freq_factor"],
-                      high_freq_factor=MEGATRON_LLAMA3_ROPE["high_freq_factor"],
-                      old_context_len=MEGATRON_LLAMA3_ROPE["original_max_position_embeddings"])
+                      **{nemo: MEGATRON_LLAMA3_ROPE[hf] for nemo, hf in NEMO_LLAMA31_ROPE.items()})
     return {"config_class": config_class, "config": config, "dtype": str(dtype).replace("torch.", ""),
             "tokenizer": str(Path(tokenizer).resolve())}
 
@@ -159,9 +163,7 @@ def arch_from_nemo(cfg: dict, source: str) -> tuple[LlamaArch, torch.dtype]:
     wrong = [f"{k}={cfg.get(k)!r} (need {v!r})" for k, v in wanted.items() if k in cfg and cfg[k] != v]
     if cfg["llama31_rope"]:
         wrong += [f"{k}={cfg[k]} (Megatron-Core's llama3 RoPE fixes {MEGATRON_LLAMA3_ROPE[hf]})"
-                  for k, hf in (("low_freq_factor", "low_freq_factor"), ("high_freq_factor", "high_freq_factor"),
-                                ("old_context_len", "original_max_position_embeddings"))
-                  if float(cfg[k]) != float(MEGATRON_LLAMA3_ROPE[hf])]
+                  for k, hf in NEMO_LLAMA31_ROPE.items() if float(cfg[k]) != float(MEGATRON_LLAMA3_ROPE[hf])]
     if wrong:
         raise MinitronError(f"{source}: {cfg['kind']} is not a Llama architecture minitron runs: {'; '.join(wrong)}")
     vocab = cfg.get("vocab_size") or cfg.get("tokenizer_vocab_size")
@@ -275,10 +277,18 @@ def content_digest(nemo_dir: str | Path) -> str:
     """
     weights = Path(nemo_dir) / WEIGHTS
     check_weights_complete(weights)
+    files = tuple((str(p.relative_to(weights)), p.stat().st_size, p.stat().st_mtime_ns)
+                  for p in sorted(p for p in weights.rglob("*") if p.is_file()))
+    return _digest_files(weights.resolve(), files)
+
+
+@functools.lru_cache(maxsize=8)  # every student of a run keys its scores by the same teacher: hash it once
+def _digest_files(weights: Path, files: tuple[tuple[str, int, int], ...]) -> str:
+    """`files` (name, size, mtime) is the cache key: a file rewritten in place is read again."""
     digest = hashlib.sha256()
-    for path in sorted(p for p in weights.rglob("*") if p.is_file()):
-        digest.update(str(path.relative_to(weights)).encode() + b"\0")
-        with path.open("rb") as f:
+    for name, _, _ in files:
+        digest.update(name.encode() + b"\0")
+        with (weights / name).open("rb") as f:
             digest.update(hashlib.file_digest(f, "sha256").digest())
     return digest.hexdigest()
 

@@ -55,19 +55,11 @@ class Layout:
     recompute: bool
 
 
-def stage_parts(arch: LlamaArch) -> tuple[int, int]:
-    """(parameters of one layer, parameters of the larger of embedding / output layer)."""
-    attn = arch.hidden_size * arch.head_dim * (2 * arch.num_attention_heads + 2 * arch.num_query_groups)
-    layer = attn + 3 * arch.hidden_size * arch.ffn_hidden_size + 2 * arch.hidden_size
-    return layer, arch.vocab_size * arch.hidden_size
-
-
 def params_per_gpu(arch: LlamaArch, lay: Layout) -> float:
     """Parameters held by the most loaded GPU: its layers plus the embedding or the output layer (both when one
     stage is first and last, an untied model at PP=1), split over TP."""
-    layer, edge = stage_parts(arch)
     edges = 2 if lay.pp == 1 and not arch.tie_word_embeddings else 1
-    return (-(-arch.num_layers // lay.pp) * layer + edges * edge) / lay.tp
+    return (-(-arch.num_layers // lay.pp) * arch.layer_parameters + edges * arch.vocab_size * arch.hidden_size) / lay.tp
 
 
 def activation_bytes(arch: LlamaArch, lay: Layout, in_flight: int) -> float:

@@ -140,17 +140,15 @@ class RunFolder:
         """The recipe lists teacher correction, or it was run into this folder (`minitron teacher-correct`)."""
         return "teacher_correction" in self.recipe.stages or self.done("teacher_correction")
 
-    def teacher_nemo(self, stage: str | None = None) -> Path:
-        """The teacher of prune and distill: the corrected one when the run corrects it (except for the
-        `distill-<student>@teacher` comparison, which uses the imported one)."""
-        if self.corrects_teacher() and not (stage and from_uncorrected(stage)):
-            return Path(self.summary("teacher_correction")["nemo"])
-        return self.imported_teacher()["nemo"]
-
     def teacher_model(self, stage: str | None = None) -> str:
-        """Model name of the teacher `teacher_nemo(stage)` returns: ``teacher-corrected`` or ``teacher``."""
-        return "teacher-corrected" if self.corrects_teacher() and not (stage and from_uncorrected(stage)) \
-            else "teacher"
+        """The teacher of prune and distill (of `stage`): ``teacher-corrected`` when the run corrects it, except
+        for the `distill-<student>@teacher` comparison; else ``teacher``."""
+        corrected = self.corrects_teacher() and not (stage and from_uncorrected(stage))
+        return "teacher-corrected" if corrected else "teacher"
+
+    def teacher_nemo(self, stage: str | None = None) -> Path:
+        """NeMo checkpoint of `teacher_model(stage)`."""
+        return Path(self.summary(self.model_stages()[self.teacher_model(stage)])["nemo"])
 
     def model_stages(self) -> dict[str, str]:
         """Model name -> the stage that produces it (whether or not it has run)."""

@@ -141,10 +141,7 @@ def assign_split(doc_split: str | None, digest: bytes, bounds: list[tuple[str, f
 
 
 def _build(data_cfg: DataConfig, tokenizer_dir: Path, out: Path) -> None:
-    from megatron.core.datasets.indexed_dataset import (
-        IndexedDatasetBuilder,
-        get_bin_path,
-    )
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder, get_bin_path
     from tqdm import tqdm
 
     start = time.time()
@@ -154,12 +151,9 @@ def _build(data_cfg: DataConfig, tokenizer_dir: Path, out: Path) -> None:
     dtype = np.uint16 if top_id < 2 ** 16 else np.int32
     builders = {s: IndexedDatasetBuilder(get_bin_path(str(out / s)), dtype=dtype) for s in SPLITS}
     stats = {s: {"documents": 0, "tokens": 0} for s in SPLITS}
-    stats["duplicates"] = 0
-    pending, distinct = [], 0
-    total, provided = _document_count_hint(data_cfg), source_splits(data_cfg)
-    with tqdm(desc=f"tokenize {data_cfg.source}", unit="doc", total=total) as progress:
-        for doc, split in split_documents(data_cfg, stats):
-            distinct += 1
+    counts, pending, provided = {"duplicates": 0}, [], source_splits(data_cfg)
+    with tqdm(desc=f"tokenize {data_cfg.source}", unit="doc", total=_document_count_hint(data_cfg)) as progress:
+        for doc, split in split_documents(data_cfg, counts, provided):
             pending.append((doc.text, split))
             if len(pending) == _BATCH_DOCS:
                 _write_batch(pending, tokenizer, builders, stats)
@@ -167,20 +161,20 @@ def _build(data_cfg: DataConfig, tokenizer_dir: Path, out: Path) -> None:
                 pending = []
         _write_batch(pending, tokenizer, builders, stats)
         progress.update(len(pending))
-    duplicates = stats.pop("duplicates")
-    if not distinct:
+    if not any(stats[s]["documents"] for s in SPLITS):
         raise MinitronError(f"data.source={data_cfg.source}: no documents (all empty)")
     for split, builder in builders.items():
         builder.finalize(str(out / f"{split}.idx"))
-    _write_summary(out, data_cfg, tokenizer_dir, tokenizer, stats, duplicates, dtype, time.time() - start,
-                   sorted(provided))
+    _write_summary(out, data_cfg, tokenizer_dir, tokenizer, stats, counts["duplicates"], dtype,
+                   time.time() - start, sorted(provided))
 
 
-def split_documents(data_cfg: DataConfig, counts: dict | None = None) -> Iterator[tuple[Document, str]]:
+def split_documents(data_cfg: DataConfig, counts: dict | None = None,
+                    provided: set[str] | None = None) -> Iterator[tuple[Document, str]]:
     """Every distinct document of the source with its split (exact duplicates dropped, counted in
     ``counts["duplicates"]``); `data.max_documents` stops after that many. The one rule for training
-    data and for held-out evaluation text alike."""
-    provided = source_splits(data_cfg)
+    data and for held-out evaluation text alike. `provided`: the source's own splits, when known already."""
+    provided = source_splits(data_cfg) if provided is None else provided
     bounds, seen = split_bounds(data_cfg, provided), set()
     for doc in iter_documents(data_cfg):
         digest = _digest(doc.text)

@@ -22,6 +22,7 @@ Every problem names the file (and line) and says what to do.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -67,7 +68,7 @@ def source_splits(cfg) -> set[str]:
     """The splits the source itself provides (empty when it has none: every document is assigned by hash)."""
     kind, arg = parse_source(cfg.source)
     if kind == "hf":
-        return {SPLIT_NAMES[s] for s in _hf_splits(arg) if s in SPLIT_NAMES}
+        return {SPLIT_NAMES[s] for s in _hf_dataset(arg) if s in SPLIT_NAMES}
     if kind == "path" and Path(arg).is_dir():
         return {split for _, rel in local_files(Path(arg)) if (split := split_of_path(rel))}
     return set()
@@ -191,20 +192,22 @@ def _row_document(row, text_key: str, where: str, doc_id: str) -> Document | Non
     return Document(str(row.get("id", doc_id)), text)
 
 
+@functools.lru_cache(maxsize=2)  # splits, then documents: one load_dataset per source and process
 def _hf_dataset(spec: str) -> dict:
     name, _, config = spec.partition(":")
     dataset = _load_dataset(name, config or None, what=f"hf:{spec}")
     return dataset if hasattr(dataset, "keys") else {"train": dataset}
 
 
-def _hf_splits(spec: str) -> list[str]:
-    return sorted(_hf_dataset(spec), key=lambda s: (_READ_ORDER.get(SPLIT_NAMES.get(s), 2), s))
+def _hf_splits(splits: dict) -> list[str]:
+    """A dataset's split names, held-out ones first."""
+    return sorted(splits, key=lambda s: (_READ_ORDER.get(SPLIT_NAMES.get(s), 2), s))
 
 
 def _read_hf(spec: str) -> Iterator[Document]:
     splits = _hf_dataset(spec)
     wikitext = "wikitext" in spec.lower()
-    for split in _hf_splits(spec):
+    for split in _hf_splits(splits):
         column = "text" if "text" in splits[split].column_names else None
         if column is None:
             raise MinitronError(f"hf:{spec}: split {split!r} has no 'text' column "

@@ -138,7 +138,7 @@ def _training_table(stages: dict) -> list[str]:
     return _markdown_table(header, rows) if rows else ["(no training stage in this run)"]
 
 
-def _teacher_correction_table(stages: dict, results: dict) -> list[str]:
+def _teacher_correction_table(folder: RunFolder, stages: dict, results: dict) -> list[str]:
     """Minitron's teacher correction: the teacher before/after, and students distilled from each."""
     if "teacher_correction" not in stages:
         return []
@@ -151,10 +151,11 @@ def _teacher_correction_table(stages: dict, results: dict) -> list[str]:
         r = results.get(model, {})
         rows.append([f"**{model}**", _fmt(teacher_loss.get(model), 4), _fmt((r.get("perplexity") or {}).get("perplexity")),
                      *[task_scores(r).get(t, DASH) for t in tasks]])
+    model_of = {stage: model for model, stage in folder.model_stages().items()}
     for name, s in stages.items():
         if stage_kind(name) != "distill":
             continue
-        model = f"{s['student']}-distilled" + ("@teacher" if s.get("teacher_model") == "teacher" else "")
+        model = model_of[name]
         r = results.get(model, {})
         rows.append([f"{model} (from {s.get('teacher_model')})", _fmt((s.get("validation") or {}).get("lm_loss"), 4),
                      _fmt((r.get("perplexity") or {}).get("perplexity")), *[task_scores(r).get(t, DASH) for t in tasks]])
@@ -199,7 +200,7 @@ def _markdown(folder: RunFolder, stages: dict, results: dict, plots: list[str]) 
         lines += _speed_table(results)
     else:
         lines += ["(no eval stage output yet: add `eval` to the recipe's stages or run `make eval`)"]
-    lines += _teacher_correction_table(stages, results)
+    lines += _teacher_correction_table(folder, stages, results)
     lines += ["", "## Pruning", ""] + _pruning_table(stages)
     lines += ["", "## Training", ""] + _training_table(stages)
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]

@@ -145,12 +145,15 @@ class LlamaArch:
     def query_projection_size(self) -> int:
         return self.num_attention_heads * self.head_dim
 
-    def num_parameters(self) -> int:
+    @property
+    def layer_parameters(self) -> int:
+        """Parameters of one decoder layer: attention, gated MLP, two norms."""
         attn = self.hidden_size * self.head_dim * (2 * self.num_attention_heads + 2 * self.num_query_groups)
-        mlp = 3 * self.hidden_size * self.ffn_hidden_size
-        layer = attn + mlp + 2 * self.hidden_size
+        return attn + 3 * self.hidden_size * self.ffn_hidden_size + 2 * self.hidden_size
+
+    def num_parameters(self) -> int:
         emb = self.vocab_size * self.hidden_size * (1 if self.tie_word_embeddings else 2)
-        return self.num_layers * layer + emb + self.hidden_size
+        return self.num_layers * self.layer_parameters + emb + self.hidden_size
 
 
 def _llama3_factor(rope: dict, source: str) -> float | None:

@@ -17,8 +17,8 @@ import matplotlib
 
 from minitron import config
 from minitron.conversion.convert import nemo_to_hf
-from minitron.run_folder import RunFolder, is_training, stage_kind, stage_name, student_of
 from minitron.errors import MinitronError
+from minitron.run_folder import RunFolder, is_training, stage_kind, stage_name, student_of
 from minitron.runtime import distributed
 from minitron.runtime.launch import run_module
 from minitron.training.loop import TrainJob, train
