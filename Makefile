@@ -17,7 +17,7 @@ ARGS     ?=
 OUT_FLAG  = $(if $(OUT),--output $(OUT),)
 PYTEST_ARGS ?=
 
-.PHONY: docker-build docker-run nemo-env eval report export build-engine bench-fp8 bench-trtllm prune-width prune-depth prune distill teacher-correct bench-distill bench-kd-loop bench-pruning setup demo run test test-unit test-fast convert-hf-to-nemo convert-nemo-to-hf model bench-conversion clean help
+.PHONY: launch data-prepare docker-build docker-run nemo-env eval report export build-engine bench-fp8 bench-trtllm prune-width prune-depth prune distill teacher-correct bench-distill bench-kd-loop bench-pruning setup demo run test test-unit test-fast convert-hf-to-nemo convert-nemo-to-hf model bench-conversion clean help
 
 help:
 	@echo "make demo            the whole pipeline on the embedded SmolLM2 on CPU (~36 min with native bf16), ending with its report"
@@ -37,16 +37,19 @@ help:
 	@echo "make export            FP8 TensorRT-LLM checkpoint of the newest distilled student (EXPORT_FORMAT=hf, EXPORT_DTYPE=bf16)"
 	@echo "make build-engine      trtllm-build the export (TensorRT-LLM 1.2 + GPU; exit 3 without them)"
 	@echo "make bench-fp8         SmolLM2 held-out perplexity, BF16 vs FP8 (Model Optimizer PTQ, CPU fake-quant)"
+	@echo "make launch LAUNCH='--site launch/<cluster>.yaml --nodes 8' RECIPE=...   submit a recipe with NeMo-Run"
+	@echo "make data-prepare RECIPE=... ARGS='data.source=...' OUT=dir   tokenize a corpus once (WORKERS=nproc)"
 	@echo "make docker-build      the NeMo-based training image and the TensorRT-LLM deployment image (Docker daemon needed)"
 	@echo "make docker-run CMD='minitron ...'   run a command in the training image with the usual GPU flags"
 	@echo "make bench-trtllm      TensorRT-LLM tokens/s, teacher vs distilled students, BF16/FP8 (GPU + TensorRT-LLM 1.2)"
 
 # Idempotent: reinstalls only when the pins or the package metadata change.
 setup: $(VENV)/.installed
-$(VENV)/.installed: $(REQUIREMENTS) pyproject.toml
+$(VENV)/.installed: $(REQUIREMENTS) requirements/launch.txt pyproject.toml
 	test -x $(PY) || $(PYTHON_BOOTSTRAP) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r $(REQUIREMENTS)
+	$(PY) -m pip install -q --no-deps -r requirements/launch.txt
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
@@ -64,6 +67,15 @@ demo: setup
 
 run: setup
 	$(MINITRON) run --config $(RECIPE) $(OUT_FLAG) $(ARGS)
+
+# A recipe as a NeMo-Run experiment, one task per stage: LAUNCH="--site launch/<cluster>.yaml --nodes 8 [--dry-run]"
+LAUNCH ?= --executor local
+launch: setup
+	$(MINITRON) launch $(LAUNCH) -- run --config $(RECIPE) $(OUT_FLAG) $(ARGS)
+
+# Tokenize a corpus once into Megatron indexed datasets (for data.blend): ARGS="data.source=/data/raw/web" OUT=dir
+data-prepare: setup
+	$(MINITRON) data prepare --config $(RECIPE) --workers $(or $(WORKERS),$(shell nproc)) $(OUT_FLAG) $(ARGS)
 
 # Minitron pruning (CPU recipe on SmolLM2 by default; RECIPE= for any other, e.g. the Llama 3.1 DGX ones).
 # The teacher is corrected first when the recipe lists teacher_correction (Minitron prunes the corrected teacher).

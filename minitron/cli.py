@@ -2,12 +2,14 @@
 
     minitron run --config recipes/<recipe>.yaml [key=value ...]
     minitron plan --config R --nodes N --gpus-per-node G [--gpu h100-80gb] (memory per GPU, tokens/s, wall time)
+    minitron launch --executor {local,docker,slurm,dgxcloud,lepton} [--site S --nodes N ...] [--dry-run] -- <command>
     minitron prune --config recipes/<recipe>.yaml [prune.only=[width]] [key=value ...]
     minitron distill --config recipes/<recipe>.yaml [nproc=N] [key=value ...]
     minitron teacher-correct --config recipes/<recipe>.yaml [nproc=N] [key=value ...]
     minitron eval --config R [--model NAME=HF_DIR ...] [key=value]  (perplexity, lm-eval, speed of the run's models)
     minitron report --config R                                      (report.md + plots of the run)
     minitron config --config FILE [key=value ...]                  (resolved config, documented)
+    minitron data prepare --config R [--workers N] [--output DIR]  (tokenize data.source once, for data.blend)
     minitron convert {gguf-to-hf,hf-to-nemo,nemo-to-hf} --input IN --output OUT
     minitron convert nemo-context --input NEMO_DIR                (add NeMo's io.json in place; needs NeMo 2.7)
     minitron verify --nemo NEMO_DIR --hf HF_DIR [--tp N --pp N]   (under torchrun for N > 1)
@@ -32,6 +34,7 @@ import sys
 import warnings
 
 from minitron import config
+from minitron.cluster.config import add_arguments as launch_arguments
 from minitron.deploy.config import DeployConfig
 from minitron.deploy.serving import client as serving_client
 from minitron.deploy.serving import server as serving_server
@@ -41,12 +44,14 @@ from minitron.errors import MinitronError
 COMMANDS = {
     "run": "minitron.pipeline:run_command",
     "plan": "minitron.plan:plan_command",
+    "launch": "minitron.cluster.launch:launch_command",
     "prune": "minitron.pipeline:train_command",
     "distill": "minitron.pipeline:train_command",
     "teacher-correct": "minitron.pipeline:train_command",
     "eval": "minitron.pipeline:eval_command",
     "report": "minitron.pipeline:eval_command",
     "config": "minitron.recipe:show_config",
+    "data": "minitron.pipeline:data_command",
     "convert": "minitron.conversion.convert:convert_command",
     "verify": "minitron.conversion.verify:verify_command",
     "model": "minitron.models:print_default_model",
@@ -104,6 +109,8 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilization assumed for throughput")
     c.add_argument("--recompute", action="store_true", help="full activation recomputation")
     c.add_argument("--teacher", default=None, help="llama3.1-8b or an HF folder, when model.source is not here")
+    launch_arguments(sub.add_parser("launch", help="submit a minitron command (a whole recipe: one task per stage) "
+                                                   "with NVIDIA NeMo-Run: local, docker, slurm, dgxcloud, lepton"))
     _recipe_command(sub, "prune", "prune the recipe's students (import and, when the recipe corrects the teacher, "
                                   "teacher correction first)", "prune.only=[width]")
     _recipe_command(sub, "distill", "distil the recipe's pruned students (runs import/prune first if needed; nproc=N)")
@@ -115,6 +122,15 @@ def parser() -> argparse.ArgumentParser:
     _recipe_command(sub, "report", "write report.md and plots for a recipe's run")
     c = _recipe_command(sub, "config", "print a recipe's resolved config")
     c.add_argument("--explain", action="store_true", help="also print every key's documentation")
+
+    d = sub.add_parser("data", help="tokenize a recipe's data.source into Megatron indexed datasets (train/validation/"
+                                    "test), on N processes; the folder can go into another recipe's data.blend")
+    d.add_argument("action", choices=["prepare"])
+    d.add_argument("--config", required=True, help="recipe YAML (its data section and model.source's tokenizer)")
+    d.add_argument("overrides", nargs="*", help="key=value overrides, e.g. data.source=/data/web/shards")
+    d.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: data.workers)")
+    d.add_argument("--output", default=None, help="write the dataset here instead of the cache (shared storage)")
+    d.add_argument("--tokenizer", default=None, help="HF tokenizer folder (default: model.source's)")
 
     c = sub.add_parser("convert", help="convert checkpoints between GGUF, HF and NeMo 2")
     c.add_argument("direction", choices=["gguf-to-hf", "hf-to-nemo", "nemo-to-hf", "nemo-context"],

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from minitron.conversion import nemo_checkpoint
-from minitron.data import check_tokenizer_matches
+from minitron.data import check_tokenizer_matches, prepare
 from minitron.errors import MinitronError
 from minitron.models import is_nemo_checkpoint, resolve_hf_source
 from minitron.pruning.prune import check_target
@@ -36,8 +36,8 @@ def preflight(recipe: Recipe) -> None:
         check_tokenizer_matches(tokenizer, arch.vocab_size)
     if "prune" in recipe.stages:
         for student in recipe.prune.selected():
-            problems += check_target(student, arch, recipe.prune, recipe.parallel.tensor_parallel,
-                                     recipe.parallel.pipeline_parallel)
+            layout = recipe.layout("prune")
+            problems += check_target(student, arch, recipe.prune, layout.tensor_parallel, layout.pipeline_parallel)
     if problems:
         raise MinitronError("; ".join(dict.fromkeys(problems)))
 
@@ -122,3 +122,18 @@ def train_command(args) -> dict | None:
             raise MinitronError("; ".join(problems))
         return train_under_torchrun(RunFolder(recipe))
     return compact(run(recipe))
+
+
+def data_command(args) -> dict:
+    """`minitron data prepare --config R [--workers N] [--output DIR] [--tokenizer DIR] [key=value ...]`."""
+    recipe = load_recipe(args.config, args.overrides)
+    if args.workers is not None:
+        if args.workers < 1:
+            raise MinitronError(f"--workers {args.workers}: give 1 or more tokenizer processes")
+        recipe.data.workers = args.workers
+    if recipe.data.blend and args.output:
+        raise MinitronError("data prepare --output writes one dataset from data.source; this recipe names a "
+                            "data.blend (prepare each of its folders with data.blend=[] data.source=<text>)")
+    tokenizer = Path(args.tokenizer) if args.tokenizer else teacher_source(recipe.model.source)[1]
+    prepared = prepare(recipe.data, tokenizer, target=args.output)
+    return prepared.summary()

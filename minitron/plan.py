@@ -117,12 +117,9 @@ def plan(recipe: Recipe, teacher: LlamaArch, nodes: int, gpus_per_node: int, gpu
     if nodes < 1 or gpus_per_node < 1:
         raise MinitronError(f"plan: nodes={nodes} and gpus_per_node={gpus_per_node} must both be >= 1")
     world = nodes * gpus_per_node
-    tp, pp = recipe.parallel.tensor_parallel, recipe.parallel.pipeline_parallel
-    if world % (tp * pp):
-        raise MinitronError(f"plan: {world} GPUs ({nodes} x {gpus_per_node}) are not a multiple of "
-                            f"tensor_parallel x pipeline_parallel = {tp} x {pp}")
-    if tp > gpus_per_node:
-        problems.append(f"tensor_parallel={tp} spans nodes ({gpus_per_node} GPUs each): keep TP within a node")
+    if "prune" in recipe.stages and recipe.layout("prune").pipeline_parallel > gpus_per_node:
+        problems.append(f"prune: pipeline_parallel={recipe.layout('prune').pipeline_parallel} is more than the "
+                        f"{gpus_per_node} GPUs of one node (pruning runs on one node)")
     jobs = []
     if recipe.teacher_correction and "teacher_correction" in recipe.stages:
         jobs.append(("teacher_correction", teacher, None, recipe.teacher_correction.train_config()))
@@ -133,6 +130,7 @@ def plan(recipe: Recipe, teacher: LlamaArch, nodes: int, gpus_per_node: int, gpu
             if s.name in names:
                 jobs.append((f"distill-{s.name}", student_arch(teacher, s), teacher, cfg))
     for name, model, frozen, cfg in jobs:
+        tp, pp = _check_divides(recipe, name, nodes, gpus_per_node, problems)
         lay = Layout(tp, pp, world // (tp * pp), cfg.micro_batch_size, recipe.data.seq_length, recompute)
         precision_bytes = 4 if cfg.precision == "fp32" else 2
         memory = train_memory(model, frozen, lay, precision_bytes)
@@ -152,6 +150,18 @@ def plan(recipe: Recipe, teacher: LlamaArch, nodes: int, gpus_per_node: int, gpu
                         "tokens": tokens, "flops_per_token": per_token, "tokens_per_s": round(tokens_per_s),
                         "wall_hours": round(hours, 1), "gpu_hours": round(hours * world)}
     return {"gpus": world, "gpu": dataclasses.asdict(gpu), "mfu": mfu, "stages": stages, "problems": problems}
+
+
+def _check_divides(recipe: Recipe, stage: str, nodes: int, gpus_per_node: int, problems: list[str]) -> tuple[int, int]:
+    """The stage's TP and PP; raises when the GPUs are not a multiple of TP x PP (nothing else can be sized)."""
+    layout = recipe.layout(stage.split("-", 1)[0])
+    tp, pp, world = layout.tensor_parallel, layout.pipeline_parallel, nodes * gpus_per_node
+    if world % (tp * pp):
+        raise MinitronError(f"plan: {world} GPUs ({nodes} x {gpus_per_node}) are not a multiple of {stage}'s "
+                            f"tensor_parallel x pipeline_parallel = {tp} x {pp}")
+    if tp > gpus_per_node:
+        problems.append(f"{stage}: tensor_parallel={tp} spans nodes ({gpus_per_node} GPUs each): keep TP within a node")
+    return tp, pp
 
 
 def plan_command(args) -> dict:

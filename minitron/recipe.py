@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from minitron.cluster.config import LaunchConfig
 from minitron.conversion.sample_text import SAMPLE_TEXT
 from minitron.deploy.config import DeployConfig
 from minitron import config
@@ -18,6 +19,7 @@ from minitron.config import at_least_one, doc
 from minitron.data.config import DataConfig
 from minitron.errors import MinitronError
 from minitron.evaluation.config import EvalConfig
+from minitron.parallel import ParallelConfig
 from minitron.pruning.config import PruneConfig
 from minitron.training.config import TrainConfig
 
@@ -31,17 +33,6 @@ class ModelConfig:
     source: str = doc("embedded:smollm2-135m-instruct",
                       "teacher model: an HF checkpoint folder, a NeMo 2 checkpoint (context/ + weights/, e.g. from "
                       "NeMo's llm.import_ckpt), a .gguf file, or embedded:<name>")
-
-
-@dataclass
-class ParallelConfig:
-    tensor_parallel: int = doc(1, "tensor-parallel size (Megatron TP)")
-    pipeline_parallel: int = doc(1, "pipeline-parallel size (Megatron PP)")
-    data_parallel: int = doc(1, "data-parallel size of training stages; they run TP*PP*DP processes "
-                                "(under torchrun when more than one)")
-
-    def check(self) -> list[str]:
-        return at_least_one(self, [f.name for f in dataclasses.fields(self)], "parallel.")
 
 
 @dataclass
@@ -65,6 +56,8 @@ class TrainingStageConfig:
         [], "distill only: students also distilled from the uncorrected (imported) teacher, as stage "
             "distill-<student>@teacher, to compare with distillation from the corrected teacher as the Minitron "
             "paper does; needs teacher_correction in stages")
+    parallel: Optional[ParallelConfig] = doc(
+        None, "this stage's own layout (e.g. TP=8 within a node x DP across nodes); null = the recipe's `parallel`")
 
     def check(self) -> list[str]:
         return [] if self.config else ["training stage needs `config: nemo_configs/<file>.yaml`"]
@@ -80,7 +73,8 @@ class Recipe:
     stages: list[str] = doc(["import", "verify"], f"stages to run, in order; any of {list(STAGES)}")
     output_root: str = doc("runs", "folder that holds every run")
     model: ModelConfig = doc(ModelConfig, "the model to compress")
-    parallel: ParallelConfig = doc(ParallelConfig, "model parallelism for Megatron stages")
+    parallel: ParallelConfig = doc(ParallelConfig, "model parallelism of Megatron stages without a layout of their "
+                                                   "own (prune.parallel, distill.parallel, teacher_correction.parallel)")
     verify: VerifyConfig = doc(VerifyConfig, "conversion checks")
     data: DataConfig = doc(DataConfig, "text for calibration, distillation and evaluation")
     prune: PruneConfig = doc(PruneConfig, "Minitron pruning: calibration and students")
@@ -91,6 +85,8 @@ class Recipe:
     eval: EvalConfig = doc(EvalConfig, "evaluation of every model of the run: perplexity, lm-eval tasks, speed")
     deploy: DeployConfig = doc(DeployConfig, "export and TensorRT engine settings of `minitron export` / "
                                              "`minitron build-engine --config` (flags override them)")
+    launch: LaunchConfig = doc(LaunchConfig, "how `minitron launch` submits this recipe's jobs (NeMo-Run executors); "
+                                             "a --site file and flags override it")
 
     def check(self) -> list[str]:
         unknown = [s for s in self.stages if s not in STAGES]
@@ -114,13 +110,28 @@ class Recipe:
                     and "teacher_correction" not in self.stages:
                 problems.append("distill.from_uncorrected_teacher needs teacher_correction in stages (without it "
                                 "every student is distilled from the uncorrected teacher already)")
+        if self.layout("prune").tensor_parallel != 1:
+            problems.append("prune layout: Model Optimizer's Minitron pruning runs at tensor_parallel=1; give the "
+                            "prune stage pipeline stages instead (prune.parallel: {pipeline_parallel: 8})")
         return problems
+
+    def layout(self, stage: str) -> ParallelConfig:
+        """The parallel layout of a stage kind (prune, distill, teacher_correction): its own or the recipe's."""
+        section = {"prune": self.prune, "distill": self.distill,
+                   "teacher_correction": self.teacher_correction}.get(stage)
+        return getattr(section, "parallel", None) or self.parallel
+
+    def training_layouts(self) -> list[ParallelConfig]:
+        """The distinct layouts of the training stages (distill, teacher_correction), for ``nproc=N``."""
+        layouts = [self.layout(s) for s in ("teacher_correction", "distill")]
+        return [lay for i, lay in enumerate(layouts) if all(lay is not other for other in layouts[:i])]
 
 
 def load_recipe(path: str | Path, overrides: list[str] = (), output: str | None = None) -> Recipe:
     """The recipe at `path` with ``key=value`` overrides; `output` replaces output_root.
 
-    ``nproc=N`` (an override of no field) sets parallel.data_parallel so that TP * PP * DP = N.
+    ``nproc=N`` (an override of no field) sets the data_parallel of the training stages' layouts so that
+    TP * PP * DP = N.
     A relative training `config:` is looked up from the working directory, then from the folder above
     the recipe's (recipes/ and nemo_configs/ are siblings), so recipes run from any directory.
     """
@@ -132,10 +143,11 @@ def load_recipe(path: str | Path, overrides: list[str] = (), output: str | None 
             n = int(o.split("=", 1)[1])
         except ValueError:
             raise MinitronError(f"{o}: give a whole number of processes, e.g. nproc=2") from None
-        mp = recipe.parallel.tensor_parallel * recipe.parallel.pipeline_parallel
-        if n < 1 or n % mp:
-            raise MinitronError(f"nproc={n} is not a multiple of tensor_parallel x pipeline_parallel = {mp}")
-        recipe.parallel.data_parallel = n // mp
+        for layout in recipe.training_layouts():
+            mp = layout.model_parallel
+            if n < 1 or n % mp:
+                raise MinitronError(f"nproc={n} is not a multiple of tensor_parallel x pipeline_parallel = {mp}")
+            layout.data_parallel = n // mp
     if output:
         recipe.output_root = str(Path(output))
     for stage in (recipe.teacher_correction, recipe.distill):

@@ -57,7 +57,7 @@ def split_documents(prepared: PreparedData, tokenizer_dir) -> dict[str, list[str
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     out = {}
     for split in SPLITS:
-        ds = IndexedDataset(prepared.prefixes[split])
+        ds = IndexedDataset(prepared.prefixes[split][0])
         docs = [ds[i] for i in range(len(ds))]
         assert all(d[-1] == tok.eos_token_id for d in docs)  # every document ends with EOS
         out[split] = [tok.decode(d[:-1].tolist()) for d in docs]
@@ -340,7 +340,7 @@ def test_embedded_corpus_with_smollm2(smollm2_hf):
     rows = samples(prepared, "validation", 256, num_samples=4)
     text = AutoTokenizer.from_pretrained(smollm2_hf).decode(rows[0])
     assert len(text.split()) > 20 and np.mean([c.isascii() for c in text]) > 0.95
-    assert os.path.isfile(prepared.prefixes["train"] + ".bin")
+    assert os.path.isfile(prepared.prefixes["train"][0] + ".bin")
 
 
 # ---- whole documents, sources' own splits ----------------------------------------------------------
@@ -392,3 +392,54 @@ def test_folder_with_split_files_and_missing_validation(tmp_path, byte_tok):
     assert set(docs["test"]) == set(texts[50:])
     assert docs["validation"] and set(docs["validation"]) <= set(texts[:50])
     assert set(docs["train"]) | set(docs["validation"]) == set(texts[:50])
+
+
+def test_parallel_tokenizer_writes_the_same_dataset(tmp_path, byte_tok):
+    """`data.workers=N` tokenizes on N processes; the indexed datasets are byte for byte the serial ones."""
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    texts = topic_texts()
+    for i in range(3):  # jsonl shards, as a large corpus comes
+        write_jsonl(shards / f"part-{i:05d}.jsonl", texts[i::3])
+    serial = prepare(cfg(shards, tmp_path), byte_tok, target=tmp_path / "serial")
+    parallel = prepare(cfg(shards, tmp_path, workers=2), byte_tok, target=tmp_path / "parallel")
+    assert parallel.tokens == serial.tokens and serial.tokens["train"] > 100_000
+    for split in SPLITS:
+        for ext in (".bin", ".idx"):
+            assert (tmp_path / "parallel" / (split + ext)).read_bytes() == (tmp_path / "serial" / (split + ext)).read_bytes()
+    assert not (tmp_path / "cache").exists()  # --output folders, not the cache
+
+
+def test_blend_samples_by_weight_and_keeps_every_held_out_split(tmp_path, byte_tok):
+    """data.blend: [w1, dir1, w2, dir2] as Megatron's --data-path: training samples follow the weights."""
+    a = prepare(cfg(write_jsonl(tmp_path / "a.jsonl", [f"aaaa {i} " * 40 for i in range(300)]), tmp_path),
+                byte_tok, target=tmp_path / "a")
+    b = prepare(cfg(write_jsonl(tmp_path / "b.jsonl", [f"bbbb {i} " * 40 for i in range(300)]), tmp_path),
+                byte_tok, target=tmp_path / "b")
+    blend = prepare(cfg("unused", tmp_path, blend=[0.75, str(tmp_path / "a"), 0.25, str(tmp_path / "b")]), byte_tok)
+    assert blend.weights == [0.75, 0.25] and blend.tokens["train"] == a.tokens["train"] + b.tokens["train"]
+    from transformers import AutoTokenizer
+
+    a_id, b_id = AutoTokenizer.from_pretrained(byte_tok)("ab", add_special_tokens=False)["input_ids"]
+    rows = samples(blend, "train", 64, num_samples=400)
+    from_a = sum(int((row == a_id).sum() > (row == b_id).sum()) for row in rows)
+    assert 0.7 < from_a / 400 < 0.8
+    validation = samples(blend, "validation", 64)  # every dataset's held-out samples, whole
+    assert len(validation) == len(samples(a, "validation", 64)) + len(samples(b, "validation", 64))
+    with pytest.raises(MinitronError, match="must alternate positive weights and folders"):
+        build(DataConfig, {"blend": [0.5, "x", 0.5]})
+    with pytest.raises(MinitronError, match="not prepared datasets"):
+        prepare(cfg("unused", tmp_path, blend=[1, str(tmp_path / "nowhere")]), byte_tok)
+
+
+def test_data_prepare_command(tiny_hf, tmp_path):
+    from conftest import run_minitron, write_tiny_recipe
+
+    recipe = write_tiny_recipe(tmp_path, tiny_hf, "[import]", "[]")
+    out = tmp_path / "prepared"
+    result = run_minitron("data", "prepare", "--config", str(recipe), "--workers", "2", "--output", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads(result.stdout)
+    assert summary["splits"]["train"]["tokens"] > 0 and (out / "train.bin").is_file()
+    bad = run_minitron("data", "prepare", "--config", str(recipe), "--workers", "0")
+    assert bad.returncode == 2 and "--workers 0" in bad.stderr

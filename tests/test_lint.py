@@ -96,3 +96,32 @@ def test_docker_targets_say_when_no_daemon_is_reachable():
     proc = subprocess.run(["make", "docker-build", "DOCKER=/nonexistent/docker"], capture_output=True, text=True,
                           cwd=REPO)
     assert proc.returncode != 0 and "no Docker daemon reachable" in proc.stdout + proc.stderr
+
+
+def _check_versions():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("check_versions", REPO / "docker" / "check_versions.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_image_version_check_against_the_floors():
+    """docker/check_versions.py fails a build whose base is older than pyproject.toml's floors; versions below
+    are the NGC NeMo containers' documented ones (Megatron-Bridge docs/releases/software-versions.md)."""
+    check = _check_versions()
+    train = check.requirements("train")
+    assert check.problems(train, check.installed_versions(r.name for r in train)) == []  # this env passes
+    nemo_26_06 = {"torch": "2.12.0a0+0291f960b6", "megatron-core": "0.18.0", "nvidia-modelopt": "0.44.0rc5",
+                  "transformers": "5.8.1"}
+    assert check.problems(train, nemo_26_06) == []
+    nemo_25_09 = {"torch": "2.8.0a0+5228986c39", "megatron-core": "0.14.0", "nvidia-modelopt": "0.35.1",
+                  "transformers": "4.56.2"}
+    too_old = check.problems(train, nemo_25_09)
+    assert [p.split()[0] for p in too_old] == ["megatron-core", "nvidia-modelopt", "transformers"]
+    assert "megatron-core 0.14.0 does not satisfy >=0.16.1" in too_old[0]
+    deploy = check.requirements("deploy")
+    assert check.problems(deploy, {"tensorrt_llm": "1.2.0"}) == []
+    assert "not installed" in check.problems(deploy, {"tensorrt_llm": None})[0]
+    assert check.problems(deploy, {"tensorrt_llm": "1.3.0rc1"})

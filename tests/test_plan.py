@@ -36,7 +36,7 @@ def test_recompute_keeps_only_layer_inputs():
 
 
 def test_llama31_8b_distillation_on_8x8_h100():
-    recipe = load_recipe(WIDTH, ["parallel.tensor_parallel=8", "parallel.pipeline_parallel=1"])
+    recipe = load_recipe(WIDTH, [])  # the recipe's own layouts: prune PP=8, training TP=8
     result = plan(recipe, teacher_arch(recipe, "llama3.1-8b"), 8, 8, GPUS["h100-80gb"], 0.4, False)
     assert not result["problems"]
     distill = result["stages"]["distill-width"]
@@ -49,15 +49,20 @@ def test_llama31_8b_distillation_on_8x8_h100():
 def test_layouts_that_cannot_run_are_refused():
     recipe = load_recipe(WIDTH, [])
     teacher = teacher_arch(recipe, "llama3.1-8b")
-    with pytest.raises(MinitronError, match="12 GPUs .* not a multiple of tensor_parallel x pipeline_parallel = 1 x 8"):
+    with pytest.raises(MinitronError, match="12 GPUs .* not a multiple of teacher_correction's tensor_parallel x "
+                                            "pipeline_parallel = 8 x 1"):
         plan(recipe, teacher, 3, 4, GPUS["h100-80gb"], 0.4, False)
+    pp16 = plan(load_recipe(WIDTH, ["prune.parallel.pipeline_parallel=16"]), teacher, 2, 8, GPUS["h100-80gb"], 0.4, False)
+    assert any("prune: pipeline_parallel=16 is more than the 8 GPUs of one node" in p for p in pp16["problems"])
+    with pytest.raises(MinitronError, match="prune layout: .* tensor_parallel=1"):
+        load_recipe(WIDTH, ["prune.parallel.tensor_parallel=2"])
     with pytest.raises(MinitronError, match="nodes=0"):
         plan(recipe, teacher, 0, 8, GPUS["h100-80gb"], 0.4, False)
     small = plan(recipe, teacher, 1, 8, GPU(memory_gib=16, bf16_tflops=989), 0.4, False)
     assert any("more than the 16 GiB there" in p for p in small["problems"])
     odd = plan(recipe, teacher, 5, 8, GPUS["h100-80gb"], 0.4, False)  # DP 5 does not divide 1152
     assert any("not divisible by micro_batch_size 1 x data_parallel 5" in p for p in odd["problems"])
-    wide = plan(load_recipe(WIDTH, ["parallel.tensor_parallel=16", "parallel.pipeline_parallel=1"]), teacher, 2, 8,
+    wide = plan(load_recipe(WIDTH, ["distill.parallel.tensor_parallel=16"]), teacher, 2, 8,
                 GPUS["h100-80gb"], 0.4, False)
     assert any("spans nodes" in p for p in wide["problems"])
 
@@ -65,7 +70,7 @@ def test_layouts_that_cannot_run_are_refused():
 def test_plan_command_prints_the_table_and_refuses_in_one_line():
     ok = run_minitron("plan", "--config", str(WIDTH), "--nodes", "8", "--teacher", "llama3.1-8b")
     assert ok.returncode == 0, ok.stderr[-2000:]
-    assert "| distill-width | 1/8/8 |" in ok.stdout
+    assert "| distill-width | 8/1/8 |" in ok.stdout
     bad = run_minitron("plan", "--config", str(WIDTH), "--nodes", "1", "--gpus-per-node", "6", "--teacher", "llama3.1-8b")
     assert bad.returncode != 0 and "not a multiple of" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
     missing = run_minitron("plan", "--config", str(WIDTH), "--nodes", "1")

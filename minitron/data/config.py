@@ -33,6 +33,12 @@ class DataConfig:
                             "false rebuilds it")
     cache_dir: Optional[str] = doc(None, "folder for prepared data; null means $MINITRON_CACHE/data "
                                          "(default ~/.cache/minitron/data)")
+    blend: list = doc([], "weighted blend of pre-tokenized data, as Megatron's --data-path: [w1, dir1, w2, dir2, ...], "
+                          "each dir written by `minitron data prepare --output dir` (its train/validation/test "
+                          "indexed datasets); training samples follow the weights, held-out splits are taken "
+                          "whole. When set, `source` is not read")
+    workers: int = doc(1, "tokenizer processes when preparing `source` (`minitron data prepare --workers N`); the "
+                          "output is the same for any N")
 
     def check(self) -> list[str]:
         problems = []
@@ -45,9 +51,22 @@ class DataConfig:
                             "none negative, train > 0")
         if self.seq_length < 1:
             problems.append(f"data.seq_length={self.seq_length} must be >= 1")
+        if self.workers < 1:
+            problems.append(f"data.workers={self.workers} must be >= 1")
+        problems += self._blend_problems()
         if self.max_documents is not None and self.max_documents < 1:
             problems.append(f"data.max_documents={self.max_documents} must be >= 1 or null")
         return problems
+
+    def _blend_problems(self) -> list[str]:
+        if not self.blend:
+            return []
+        weights, paths = self.blend[0::2], self.blend[1::2]
+        if len(self.blend) % 2 or not all(isinstance(w, (int, float)) and not isinstance(w, bool) and w > 0
+                                          for w in weights) or not all(isinstance(p, str) for p in paths):
+            return [f"data.blend={self.blend} must alternate positive weights and folders: [0.7, /data/web, "
+                    "0.3, /data/code]"]
+        return []  # the folders are checked when read: a cluster's paths need not exist where jobs are submitted
 
     def fractions(self) -> dict[str, float]:
         """The split fractions, normalized to sum to 1."""

@@ -45,20 +45,21 @@ _BATCH_DOCS = 64  # documents per tokenizer call: the fast tokenizer parallelize
 
 @dataclass
 class PreparedData:
-    """A prepared dataset: one Megatron indexed dataset per split, plus its numbers."""
+    """Prepared data: per split, one Megatron indexed dataset, or several with blend weights (`data.blend`)."""
 
-    root: Path
+    root: Path                    # the dataset folder; for a blend, the folder of its sample index cache
     tokenizer_dir: Path
-    prefixes: dict[str, str]      # split -> .bin/.idx path prefix
-    tokens: dict[str, int]        # split -> tokens (EOS included)
+    prefixes: dict[str, list[str]]  # split -> .bin/.idx path prefixes (one per blended dataset)
+    tokens: dict[str, int]        # split -> tokens (EOS included), summed over the blend
     documents: dict[str, int]     # split -> documents
     info: dict = field(default_factory=dict)  # source, duplicates, tokenizer facts, build time
+    weights: list[float] | None = None  # training blend weights (None: one dataset)
 
     def summary(self) -> dict:
         return {"root": str(self.root), "tokenizer_dir": str(self.tokenizer_dir),
                 "splits": {s: {"documents": self.documents[s], "tokens": self.tokens[s],
-                               "prefix": self.prefixes[s]} for s in SPLITS},
-                **self.info}
+                               "prefixes": self.prefixes[s]} for s in SPLITS},
+                "weights": self.weights, **self.info}
 
     @classmethod
     def load(cls, root: str | Path, tokenizer_dir: str | Path | None = None) -> "PreparedData":
@@ -71,20 +72,48 @@ class PreparedData:
         summary.pop("root", None)
         stored_tokenizer = summary.pop("tokenizer_dir")
         return cls(root=root, tokenizer_dir=Path(tokenizer_dir or stored_tokenizer),
-                   prefixes={s: str(root / s) for s in SPLITS},  # the folder may have moved
+                   prefixes={s: [str(root / s)] for s in SPLITS},  # the folder may have moved
                    tokens={s: v["tokens"] for s, v in splits.items()},
                    documents={s: v["documents"] for s, v in splits.items()}, info=summary)
 
 
-def prepare(data_cfg: DataConfig, tokenizer_dir: str | Path) -> PreparedData:
-    """Tokenize ``data_cfg.source`` into train/validation/test indexed datasets (cached)."""
+def prepare(data_cfg: DataConfig, tokenizer_dir: str | Path, target: str | Path | None = None) -> PreparedData:
+    """Tokenize ``data_cfg.source`` into train/validation/test indexed datasets (cached), or load
+    ``data_cfg.blend``. `target`: write there instead of the cache (`minitron data prepare --output`)."""
     tokenizer_dir = Path(tokenizer_dir)
-    target = prepared_dir(data_cfg, tokenizer_dir)
+    if data_cfg.blend:
+        return load_blend(data_cfg, tokenizer_dir)
+    target = Path(target) if target else prepared_dir(data_cfg, tokenizer_dir)
     if data_cfg.cache and (target / SUMMARY).is_file():
         return PreparedData.load(target, tokenizer_dir)
     with building(target, SUMMARY, replace=not data_cfg.cache) as tmp:
         _build(data_cfg, tokenizer_dir, tmp)
     return PreparedData.load(target, tokenizer_dir)
+
+
+def load_blend(data_cfg: DataConfig, tokenizer_dir: Path) -> PreparedData:
+    """``data.blend: [w1, dir1, ...]``: prepared folders sampled for training in proportion to the weights
+    (Megatron's BlendedDataset); validation and test take every folder's held-out split as it is."""
+    weights = [float(w) for w in data_cfg.blend[0::2]]
+    missing = [p for p in data_cfg.blend[1::2] if not (Path(p).expanduser() / SUMMARY).is_file()]
+    if missing:
+        raise MinitronError(f"data.blend: {', '.join(missing)}: not prepared datasets (no {SUMMARY}); write each "
+                            "with `minitron data prepare --config <recipe> data.source=<its text> --output <dir>`")
+    parts = [PreparedData.load(Path(path).expanduser(), tokenizer_dir) for path in data_cfg.blend[1::2]]
+    expected = tokenizer_hash(tokenizer_dir)
+    for path, part in zip(data_cfg.blend[1::2], parts):
+        if part.info.get("tokenizer_sha256") != expected:
+            raise MinitronError(f"data.blend: {path} was tokenized with another tokenizer than {tokenizer_dir}; "
+                                f"prepare it again: minitron data prepare --config <recipe> data.source=<its text> "
+                                f"--output {path}")
+    key = hashlib.sha256(json.dumps([weights, [str(p.root.resolve()) for p in parts]]).encode()).hexdigest()[:16]
+    base = Path(data_cfg.cache_dir) if data_cfg.cache_dir else _default_cache()
+    info = {**parts[0].info, "source": "blend", "blend": [[w, str(p.root)] for w, p in zip(weights, parts)]}
+    return PreparedData(root=base / f"blend-{key}", tokenizer_dir=tokenizer_dir,
+                        prefixes={s: [pre for p in parts for pre in p.prefixes[s]] for s in SPLITS},
+                        tokens={s: sum(p.tokens[s] for p in parts) for s in SPLITS},
+                        documents={s: sum(p.documents[s] for p in parts) for s in SPLITS},
+                        info=info, weights=weights)
 
 
 def prepared_dir(data_cfg: DataConfig, tokenizer_dir: Path) -> Path:
@@ -151,16 +180,16 @@ def _build(data_cfg: DataConfig, tokenizer_dir: Path, out: Path) -> None:
     dtype = np.uint16 if top_id < 2 ** 16 else np.int32
     builders = {s: IndexedDatasetBuilder(get_bin_path(str(out / s)), dtype=dtype) for s in SPLITS}
     stats = {s: {"documents": 0, "tokens": 0} for s in SPLITS}
-    counts, pending, provided = {"duplicates": 0}, [], source_splits(data_cfg)
-    with tqdm(desc=f"tokenize {data_cfg.source}", unit="doc", total=_document_count_hint(data_cfg)) as progress:
-        for doc, split in split_documents(data_cfg, counts, provided):
-            pending.append((doc.text, split))
-            if len(pending) == _BATCH_DOCS:
-                _write_batch(pending, tokenizer, builders, stats)
-                progress.update(len(pending))
-                pending = []
-        _write_batch(pending, tokenizer, builders, stats)
-        progress.update(len(pending))
+    counts, provided = {"duplicates": 0}, source_splits(data_cfg)
+    batches = _batches(split_documents(data_cfg, counts, provided))
+    desc = f"tokenize {data_cfg.source}" + (f" ({data_cfg.workers} workers)" if data_cfg.workers > 1 else "")
+    with tqdm(desc=desc, unit="doc", total=_document_count_hint(data_cfg)) as progress:
+        for splits, documents in _tokenized(batches, tokenizer_dir, data_cfg.workers):
+            for split, tokens in zip(splits, documents):  # in corpus order, whatever the worker count
+                builders[split].add_document(tokens, [len(tokens)])
+                stats[split]["documents"] += 1
+                stats[split]["tokens"] += len(tokens)
+            progress.update(len(splits))
     if not any(stats[s]["documents"] for s in SPLITS):
         raise MinitronError(f"data.source={data_cfg.source}: no documents (all empty)")
     for split, builder in builders.items():
@@ -188,16 +217,46 @@ def split_documents(data_cfg: DataConfig, counts: dict | None = None,
         yield doc, assign_split(doc.split, digest, bounds, provided)
 
 
-def _write_batch(pending, tokenizer, builders, stats) -> None:
-    if not pending:
+def _batches(documents: Iterator[tuple[Document, str]]) -> Iterator[tuple[list[str], list[str]]]:
+    """(texts, splits) of _BATCH_DOCS documents at a time: one tokenizer call, one unit of work for a worker."""
+    texts, splits = [], []
+    for doc, split in documents:
+        texts.append(doc.text)
+        splits.append(split)
+        if len(texts) == _BATCH_DOCS:
+            yield texts, splits
+            texts, splits = [], []
+    if texts:
+        yield texts, splits
+
+
+_WORKER_TOKENIZER = None
+
+
+def _init_worker(tokenizer_dir: str) -> None:
+    global _WORKER_TOKENIZER
+    _WORKER_TOKENIZER = load_tokenizer(tokenizer_dir)
+
+
+def _tokenize(batch: tuple[list[str], list[str]]) -> tuple[list[str], list[np.ndarray]]:
+    """Token ids of each document, EOS appended (Megatron's preprocess_data --append-eod)."""
+    texts, splits = batch
+    ids = _WORKER_TOKENIZER(texts, add_special_tokens=False)["input_ids"]
+    eos = _WORKER_TOKENIZER.eos_token_id
+    return splits, [np.asarray(doc + [eos], dtype=np.int64) for doc in ids]
+
+
+def _tokenized(batches, tokenizer_dir: Path, workers: int):
+    """Tokenized batches in input order: here, or on `workers` processes (spawned: forking a process that
+    holds tokenizer threads can deadlock)."""
+    if workers == 1:
+        _init_worker(str(tokenizer_dir))
+        yield from map(_tokenize, batches)
         return
-    ids = tokenizer([text for text, _ in pending], add_special_tokens=False)["input_ids"]
-    eos = tokenizer.eos_token_id
-    for (_, split), doc_ids in zip(pending, ids):
-        tokens = np.asarray(doc_ids + [eos], dtype=np.int64)
-        builders[split].add_document(tokens, [len(tokens)])
-        stats[split]["documents"] += 1
-        stats[split]["tokens"] += len(tokens)
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(workers, _init_worker, (str(tokenizer_dir),)) as pool:
+        yield from pool.imap(_tokenize, batches, chunksize=4)
 
 
 def _document_count_hint(data_cfg: DataConfig) -> int | None:
@@ -218,3 +277,4 @@ def _write_summary(out, data_cfg, tokenizer_dir, tokenizer, stats, duplicates, d
                "max_token_id": max_token_id(tokenizer), "token_dtype": np.dtype(dtype).name,
                "tokenizer_sha256": tokenizer_hash(tokenizer_dir), "build_seconds": round(seconds, 1)}
     write_json_atomic(out / SUMMARY, summary)
+

@@ -20,6 +20,7 @@ first few documents. Asking for more than one epoch of them is an error.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Iterator
 
 import torch
@@ -114,7 +115,8 @@ def _gpt_dataset(prepared: PreparedData, split: str, seq_length: int, size: int 
 
     which = _MEGATRON_SPLIT[split]
     blend_per_split = [None] * len(SPLITS)
-    blend_per_split[which] = ([prepared.prefixes[split]], None)
+    # Training samples follow the blend weights; held-out samples are every dataset's split as it is.
+    blend_per_split[which] = (prepared.prefixes[split], prepared.weights if split == "train" else None)
     sizes = [None] * len(SPLITS)
     sizes[which] = size
     config = GPTDatasetConfig(
@@ -123,5 +125,22 @@ def _gpt_dataset(prepared: PreparedData, split: str, seq_length: int, size: int 
         reset_position_ids=False, reset_attention_mask=False, eod_mask_loss=False,
         create_attention_mask=False,  # callers build causal masks; a [s, s] mask per sample is waste
         drop_last_partial_validation_sequence=True)
-    datasets = BlendedMegatronDatasetBuilder(GPTDataset, sizes, lambda: True, config).build()
+    with _world_of_one(len(prepared.prefixes[split]) > 1):
+        datasets = BlendedMegatronDatasetBuilder(GPTDataset, sizes, lambda: True, config).build()
     return datasets[which]
+
+
+@contextlib.contextmanager
+def _world_of_one(needed: bool):
+    """Megatron's BlendedDataset asks torch.distributed for the rank while it builds its index; outside a
+    distributed job that is a world of one (in-memory store, no port)."""
+    import torch.distributed as dist
+
+    if not needed or dist.is_initialized():
+        yield
+        return
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()

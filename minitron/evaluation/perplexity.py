@@ -113,13 +113,14 @@ def split_tokens(data_cfg, tokenizer_dir: str | Path, split: str = "test", max_t
     prepared = prepare(data_cfg, tokenizer_dir)
     if prepared.documents[split] == 0:
         raise MinitronError(f"data split {split!r} of {data_cfg.source} is empty; give it a share in data.split")
-    dataset = IndexedDataset(prepared.prefixes[split])
-    pieces, total = [], 0
-    for i in range(len(dataset)):
-        pieces.append(torch.from_numpy(dataset[i].astype("int64")))
-        total += len(pieces[-1])
-        if max_tokens is not None and total >= max_tokens:
-            break
+    pieces = []
+    for prefix in prepared.prefixes[split]:  # a blend: each dataset's held-out text in turn
+        dataset, total = IndexedDataset(prefix), 0
+        for i in range(len(dataset)):
+            pieces.append(torch.from_numpy(dataset[i].astype("int64")))
+            total += len(pieces[-1])
+            if max_tokens is not None and total >= max_tokens // len(prepared.prefixes[split]):
+                break
     return torch.cat(pieces)[:max_tokens]
 
 

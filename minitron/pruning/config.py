@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 
 from minitron.config import at_least_one, doc
+from minitron.parallel import ParallelConfig
 
 
 @dataclass
@@ -71,6 +72,9 @@ class PruneConfig:
     top_k: int = doc(4, "params search: candidates scored by validation loss")
     students: list[StudentConfig] = doc([], "students to cut from the teacher")
     only: list[str] = doc([], "run only these students (by name); empty = all")
+    parallel: Optional[ParallelConfig] = doc(
+        None, "pruning's own layout: Model Optimizer prunes at TP=1, so only pipeline_parallel (ranks on one node, "
+              "started by the stage itself); null = the recipe's `parallel`")
 
     def check(self) -> list[str]:
         names = [s.name for s in self.students]

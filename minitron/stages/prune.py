@@ -33,7 +33,7 @@ def scores_dir(folder: RunFolder, teacher: Path, token_digest: str) -> Path:
     The teacher is keyed by its weights' content, not its path: a teacher corrected (or re-imported)
     into the same folder must not reuse the scores of the weights it replaced.
     """
-    p, par = folder.recipe.prune, folder.recipe.parallel
+    p, par = folder.recipe.prune, folder.recipe.layout("prune")
     key = json.dumps([content_digest(teacher), token_digest, p.hidden_size_divisor, p.ffn_hidden_size_divisor,
                       p.num_layers_divisor, p.dtype, p.calibration_batch_size, par.pipeline_parallel])
     return folder.importance_dir(hashlib.sha256(key.encode()).hexdigest()[:16])
@@ -60,9 +60,9 @@ def run(folder: RunFolder, stage: str, out: Path) -> dict:
     scores = scores_dir(folder, paths["nemo"], digest)
     scores.parent.mkdir(parents=True, exist_ok=True)
     job = PruneJob(teacher=str(paths["nemo"]), output=str(out / "nemo"), scores=str(scores), tokens=str(tokens),
-                   student=student, prune=recipe.prune, pipeline_parallel=recipe.parallel.pipeline_parallel,
+                   student=student, prune=recipe.prune, pipeline_parallel=recipe.layout("prune").pipeline_parallel,
                    result=str(out / "prune_result.json"))
-    pp = recipe.parallel.pipeline_parallel
+    pp = recipe.layout("prune").pipeline_parallel
     if pp == 1:
         result = run_job(job)
     else:

@@ -37,7 +37,7 @@ def make_job(folder: RunFolder, stage: str) -> TrainJob:
         pruned = folder.summary(stage_name("prune", student_of(stage)))
         student, teacher = Path(pruned["nemo"]), folder.teacher_nemo(stage)
         _check_pruned_from(folder, stage, pruned)
-    par = recipe.parallel
+    par = recipe.layout(stage_kind(stage))
     return TrainJob(student=str(student), teacher=str(teacher) if teacher else None,
                     output=str(folder.work_dir(stage)), data=recipe.data, train=section.train_config(),
                     tensor_parallel=par.tensor_parallel, pipeline_parallel=par.pipeline_parallel)
@@ -53,10 +53,9 @@ def _check_pruned_from(folder: RunFolder, stage: str, pruned: dict) -> None:
                             f"(corrected after pruning); remove {prune_dir} to prune the corrected teacher")
 
 
-def _train(job: TrainJob, folder: RunFolder) -> tuple[dict, float]:
+def _train(job: TrainJob, folder: RunFolder, stage: str) -> tuple[dict, float]:
     """Run the job in this process, or on TP*PP*DP ranks under torchrun; (result, seconds)."""
-    par = folder.recipe.parallel
-    nproc = par.tensor_parallel * par.pipeline_parallel * par.data_parallel
+    nproc = folder.recipe.layout(stage_kind(stage)).world_size
     start = time.perf_counter()
     if nproc == 1:
         result = train(job)
@@ -72,7 +71,7 @@ def train_stage(folder: RunFolder, stage: str, out: Path, trained: tuple[dict, f
     job = make_job(folder, stage)
     work, teacher = Path(job.output), job.teacher
     work.mkdir(parents=True, exist_ok=True)
-    result, seconds = trained or _train(job, folder)
+    result, seconds = trained or _train(job, folder, stage)
     for name in ("nemo", "metrics.jsonl", "tensorboard"):
         if (work / name).exists():
             shutil.move(str(work / name), str(out / name))
