@@ -17,7 +17,7 @@ ARGS     ?=
 OUT_FLAG  = $(if $(OUT),--output $(OUT),)
 PYTEST_ARGS ?=
 
-.PHONY: launch data-prepare docker-build docker-run nemo-env eval report export build-engine bench-fp8 bench-trtllm prune-width prune-depth prune distill teacher-correct bench-distill bench-kd-loop bench-pruning setup demo run test test-unit test-fast convert-hf-to-nemo convert-nemo-to-hf model bench-conversion clean help
+.PHONY: bench-data-prepare launch data-prepare docker-build docker-run nemo-env eval report export build-engine bench-fp8 bench-trtllm prune-width prune-depth prune distill teacher-correct bench-distill bench-kd-loop bench-pruning setup demo run test test-unit test-fast convert-hf-to-nemo convert-nemo-to-hf model bench-conversion clean help
 
 help:
 	@echo "make demo            the whole pipeline on the embedded SmolLM2 on CPU (~36 min with native bf16), ending with its report"
@@ -29,6 +29,7 @@ help:
 	@echo "make distill / teacher-correct   distil the pruned SmolLM2 width and depth students (about 25 min on 2 cores)"
 	@echo "make eval / report   perplexity, lm-eval tasks and speed of every model of the run; report.md + plots"
 	@echo "make bench-conversion  time and peak memory of the SmolLM2 conversions"
+	@echo "make bench-data-prepare  minitron data prepare throughput with 1..N tokenizer processes"
 	@echo "make bench-pruning     activation vs baselines, calibration overhead, recipe wall time"
 	@echo "make bench-kd-loop     the KD loop vs a plain transformers + PyTorch KD loop: tokens/s, share of peak, held-out loss"
 	@echo "make serve             PyTriton + OpenAI API on 127.0.0.1 (MODEL=dir, BACKEND=tensorrt_llm, SERVE_ARGS=...)"
@@ -106,6 +107,9 @@ teacher-correct: setup
 # throughput and recovery of distillation. bench-kd-loop alone takes a few minutes.
 bench-distill: bench-kd-loop
 	$(PY) benchmarks/bench_distill.py
+
+bench-data-prepare: setup
+	$(PY) benchmarks/bench_data_prepare.py
 
 bench-kd-loop: setup
 	$(PY) benchmarks/bench_kd_loop.py $(ARGS)

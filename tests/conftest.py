@@ -122,6 +122,14 @@ prune:
     return recipe
 
 
+def write_train_yaml(path: Path, steps: int, interval: int, micro_batch_size: int = 1, precision: str = "fp32") -> Path:
+    """A tiny training YAML (global batch 4, warmup 1, eval and checkpoint every `interval` steps)."""
+    path.write_text(f"# Run: (test)\nsteps: {steps}\nmicro_batch_size: {micro_batch_size}\nglobal_batch_size: 4\n"
+                    f"warmup_steps: 1\nlr: 1.0e-3\neval_interval: {interval}\nsave_interval: {interval}\n"
+                    f"eval_samples: 4\nprecision: {precision}\n")
+    return path
+
+
 def run_minitron(*args: str, cwd: Path | None = None, env_extra: dict | None = None):
     env = {**os.environ, **(env_extra or {})}
     return subprocess.run([sys.executable, "-m", "minitron.cli", *args], capture_output=True, text=True,

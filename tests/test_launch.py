@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
 
 import pytest
 
-from conftest import REPO, run_minitron, write_tiny_recipe
+from conftest import REPO, run_minitron, write_tiny_recipe, write_train_yaml
 
 RECIPES = {kind: REPO / "recipes" / f"llama3.1-8b_minitron-{kind}_dgx.yaml" for kind in ("width", "depth")}
 SLURM_SITE = REPO / "launch" / "slurm-example.yaml"
@@ -65,6 +66,17 @@ def test_smoke_recipe_runs_on_one_node():
     assert "| distill-width | 8/1/1 |" in result.stderr
 
 
+def test_docker_dry_run():
+    result = run_minitron("launch", "--executor", "docker", "--container", "minitron:latest", "--nodes", "1",
+                          "--dry-run", "--", "distill", "--config", str(RECIPES["depth"]), "--output", "/runs")
+    assert result.returncode == 0, result.stderr[-3000:]
+    distill = tasks_of(result.stdout)["distill"]
+    assert "container_image: minitron:latest" in distill and "runtime: nvidia" in distill
+    assert "- --nproc-per-node\n  - '8'" in distill and "- /nemo_run/scripts/distill.sh" in distill
+    assert "# distill's script: python -m minitron.cli distill --config recipes/llama3.1-8b_minitron-depth_dgx.yaml " \
+           "--output /runs" in distill
+
+
 @pytest.mark.parametrize("site", ["dgxcloud", "lepton"])
 def test_cloud_dry_runs(site):
     result = run_minitron("launch", "--site", str(REPO / "launch" / f"{site}-example.yaml"), "--nodes", "2",
@@ -113,6 +125,14 @@ def test_bad_launches_fail_in_one_line_and_leave_nothing(tmp_path):
     cloud = run_minitron("launch", "--site", str(REPO / "launch" / "dgxcloud-example.yaml"), "--", "distill",
                          "--config", str(RECIPES["width"]), env_extra={"DGXC_CLIENT_ID": "x", "DGXC_CLIENT_SECRET": ""})
     assert cloud.returncode == 2 and "$DGXC_CLIENT_SECRET is not set" in cloud.stderr
+    lepton = run_minitron("launch", "--site", str(REPO / "launch" / "lepton-example.yaml"), "--", "distill",
+                          "--config", str(RECIPES["width"]), env_extra={"LEPTON_WORKSPACE_ID": ""})
+    assert lepton.returncode == 2 and "$LEPTON_WORKSPACE_ID" in lepton.stderr
+    if shutil.which("docker") is None or subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
+        docker = run_minitron("launch", "--executor", "docker", "--container", "minitron:latest", "--nodes", "1", "--", "report",
+                              "--config", str(RECIPES["width"]), "--output", "/runs")
+        assert docker.returncode == 2 and ("docker CLI is not installed" in docker.stderr
+                                           or "no Docker daemon answers" in docker.stderr), docker.stderr[-2000:]
     relative = run_minitron("launch", "--site", str(site), "--dry-run", "--", "distill", "--config",
                             str(RECIPES["width"]), "--output", "runs")
     assert relative.returncode == 2 and "output root 'runs' is relative" in relative.stderr
@@ -124,9 +144,7 @@ def test_bad_launches_fail_in_one_line_and_leave_nothing(tmp_path):
 
 @pytest.mark.torchrun
 def test_local_launch_runs_distillation_on_two_processes_and_resumes(tiny_hf, tmp_path):
-    train_yaml = tmp_path / "train.yaml"
-    train_yaml.write_text("# Run: (test)\nsteps: 4\nmicro_batch_size: 1\nglobal_batch_size: 4\nwarmup_steps: 1\n"
-                          "lr: 1.0e-3\neval_interval: 2\nsave_interval: 2\neval_samples: 4\nprecision: fp32\n")
+    train_yaml = write_train_yaml(tmp_path / "train.yaml", steps=4, interval=2)
     recipe = write_tiny_recipe(tmp_path, tiny_hf, "[import, prune, distill]", "[{name: depth, num_layers: 2}]",
                                f"distill: {{config: {train_yaml}}}\nlaunch: {{gpus_per_node: 2, experiment_dir: "
                                f"{tmp_path / 'nemo_run'}}}\n")

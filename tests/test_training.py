@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from conftest import REPO, write_corpus, write_tiny_llama, write_tiny_recipe
+from conftest import REPO, write_corpus, write_tiny_llama, write_tiny_recipe, write_train_yaml
 from minitron.conversion.convert import hf_to_nemo
 from minitron import config
 from minitron.data import DataConfig
@@ -234,9 +234,7 @@ def test_distill_under_external_torchrun_equals_nproc_launch(tiny_hf, tmp_path):
 
     from conftest import run_minitron
 
-    train_yaml = tmp_path / "train.yaml"
-    train_yaml.write_text("# Run: (test)\nsteps: 3\nmicro_batch_size: 1\nglobal_batch_size: 4\nwarmup_steps: 1\n"
-                          "lr: 1.0e-3\neval_interval: 3\nsave_interval: 3\neval_samples: 4\nprecision: fp32\n")
+    train_yaml = write_train_yaml(tmp_path / "train.yaml", steps=3, interval=3)
     recipe = write_tiny_recipe(tmp_path, tiny_hf, "[import, prune, distill]", "[{name: depth, num_layers: 2}]",
                                f"distill: {{config: {train_yaml}}}\n")
     first = run_minitron("run", "--config", str(recipe), "--output", str(tmp_path / "a"), "stages=[import, prune]")
@@ -266,9 +264,7 @@ def test_recipe_with_teacher_correction_and_distillation(tiny_hf, tmp_path):
     report compares them; outputs load in HF."""
     from conftest import run_minitron
 
-    train_yaml = tmp_path / "train.yaml"
-    train_yaml.write_text("# Run: (test)\nsteps: 4\nmicro_batch_size: 2\nglobal_batch_size: 4\nwarmup_steps: 1\n"
-                          "lr: 1.0e-3\neval_interval: 2\nsave_interval: 2\neval_samples: 4\nprecision: bf16\n")
+    train_yaml = write_train_yaml(tmp_path / "train.yaml", steps=4, interval=2, micro_batch_size=2, precision="bf16")
     recipe = write_tiny_recipe(tmp_path, tiny_hf, "[import, teacher_correction, prune, distill]",
                                "[{name: width, hidden_size: 48, ffn_hidden_size: 64}]",
                                f"teacher_correction: {{config: {train_yaml}}}\n"

@@ -111,8 +111,9 @@ def layout_problems(recipe: Recipe, cfg: LaunchConfig, subcommand: str) -> list[
                             f"{layout.pipeline_parallel}")
         if shape == "all" and layout.tensor_parallel > cfg.gpus_per_node:
             problems.append(f"{stage}: tensor_parallel={layout.tensor_parallel} spans nodes of {cfg.gpus_per_node}")
-        if shape == "node" and layout.world_size > cfg.gpus_per_node:
-            problems.append(f"{stage}: its {layout.world_size} ranks run on one node, which has {cfg.gpus_per_node}")
+        ranks = max(tp * pp for tp, pp in recipe.verify.layouts) if stage == "verify" else layout.world_size
+        if shape == "node" and ranks > cfg.gpus_per_node:
+            problems.append(f"{stage}: its {ranks} ranks run on one node, which has {cfg.gpus_per_node}")
     return problems
 
 
@@ -277,6 +278,8 @@ def dry_run(tasks: list[Task], cfg: LaunchConfig, name: str) -> dict:
             rendered.append(str(job._dryrun_info))  # NeMo-Run's AppDryRunInfo: sbatch script, job spec, command
     for i, (task, text) in enumerate(zip(tasks, rendered), 1):
         after = f", after {tasks[i - 2].name} succeeds" if i > 1 else ""
+        if cfg.executor in ("local", "docker"):  # the command is in the task's script file: show it
+            text += f"\n# {task.name}'s script: {_script(task, cfg).inline}"
         print(f"# ---- task {i}/{len(tasks)}: {task.name} ({task.shape}{after}) ----\n{text}\n")
     return {"dry_run": True, "executor": cfg.executor, "tasks": [t.name for t in tasks], "submitted": False}
 
