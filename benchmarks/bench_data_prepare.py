@@ -2,7 +2,8 @@
 
 Run: make bench-data-prepare   (or: .venv/bin/python benchmarks/bench_data_prepare.py [--workers 1 2 4])
 
-The corpus is the embedded Python-docs corpus (~2.4M SmolLM2 tokens) written out as jsonl shards, tokenized
+The corpus is the embedded Python-docs corpus (~2.4M SmolLM2 tokens; --copies distinct copies of it) written out
+as jsonl shards, tokenized
 with SmolLM2's tokenizer into fresh folders, so nothing is cached between runs.
 """
 
@@ -22,6 +23,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--workers", type=int, nargs="+", default=sorted({1, 2, os.cpu_count() or 1}))
     p.add_argument("--shards", type=int, default=8)
+    p.add_argument("--copies", type=int, default=4, help="distinct copies of the corpus (a larger job)")
     args = p.parse_args()
 
     from minitron.data import DataConfig, prepare
@@ -29,7 +31,7 @@ def main() -> None:
     from minitron.models import resolve_hf_source
 
     tokenizer = resolve_hf_source("embedded:smollm2-135m-instruct")
-    texts = [doc.text for doc, _ in split_documents(DataConfig())]
+    texts = [f"{doc.text}\n(copy {k})" for k in range(args.copies) for doc, _ in split_documents(DataConfig())]
     print(f"CPU: {torch.backends.cpu.get_cpu_capability()}, {os.cpu_count()} cores; {len(texts):,} documents")
     rows, digests = [], set()
     with tempfile.TemporaryDirectory() as tmp:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -233,8 +234,10 @@ def _batches(documents: Iterator[tuple[Document, str]]) -> Iterator[tuple[list[s
 _WORKER_TOKENIZER = None
 
 
-def _init_worker(tokenizer_dir: str) -> None:
+def _init_worker(tokenizer_dir: str, one_thread: bool = False) -> None:
     global _WORKER_TOKENIZER
+    if one_thread:  # N workers x N Rust threads each would oversubscribe the cores
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
     _WORKER_TOKENIZER = load_tokenizer(tokenizer_dir)
 
 
@@ -255,7 +258,7 @@ def _tokenized(batches, tokenizer_dir: Path, workers: int):
         return
     import multiprocessing
 
-    with multiprocessing.get_context("spawn").Pool(workers, _init_worker, (str(tokenizer_dir),)) as pool:
+    with multiprocessing.get_context("spawn").Pool(workers, _init_worker, (str(tokenizer_dir), True)) as pool:
         yield from pool.imap(_tokenize, batches, chunksize=4)
 
 
