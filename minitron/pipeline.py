@@ -21,6 +21,7 @@ from minitron.recipe import Recipe, load_recipe
 from minitron.run_folder import REFRESHED, RunFolder
 from minitron.runtime.llama import LlamaArch
 from minitron.stages import STAGES
+from minitron.stages.prune import prune_under_torchrun
 from minitron.training.stage import train_under_torchrun
 
 
@@ -104,7 +105,8 @@ def train_command(args) -> dict | None:
     the folder already): the corrected teacher is the one pruned and distilled from.
 
     Under an external torchrun (WORLD_SIZE > 1) every rank trains and the world size sets the data
-    parallelism; otherwise training launches its own TP*PP*DP ranks (`nproc=N`).
+    parallelism (prune: the world is the prune layout's PP ranks); otherwise training launches its own
+    TP*PP*DP ranks (`nproc=N`) and pruning its PP ranks.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and any(o.startswith("nproc=") for o in args.overrides):
@@ -120,6 +122,8 @@ def train_command(args) -> dict | None:
         problems = recipe.check()
         if problems:
             raise MinitronError("; ".join(problems))
+        if args.command == "prune":
+            return prune_under_torchrun(RunFolder(recipe))
         return train_under_torchrun(RunFolder(recipe))
     return compact(run(recipe))
 

@@ -45,10 +45,12 @@ def test_slurm_dry_run_of_the_8b_recipe(kind):
                          r"--nnodes 8 --nproc-per-node 8 --node-rank \$SLURM_NODEID", text)
         command = {"distill": "distill", "teacher-correction": "teacher-correct"}[name]
         assert f"-m minitron.cli {command} --config {recipe}" in text
-    for name in ("prune", "verify"):  # one process holds one node's 8 GPUs and starts its own ranks
-        text = tasks[name]
-        assert "#SBATCH --nodes=1" in text and "#SBATCH --gpus-per-node=8" in text and "torchrun" not in text
-        assert "python -m minitron.cli " in text
+    verify = tasks["verify"]  # one process holds one node's 8 GPUs and starts each layout's ranks itself
+    assert "#SBATCH --nodes=1" in verify and "#SBATCH --gpus-per-node=8" in verify and "torchrun" not in verify
+    assert "python -m minitron.cli run" in verify
+    prune = tasks["prune"]  # torchrun on one node with the prune layout's 8 pipeline ranks
+    assert "#SBATCH --nodes=1" in prune and "#SBATCH --gpus-per-node=8" in prune
+    assert re.search(r"torchrun --rdzv-backend c10d .* --nnodes 1 --nproc-per-node 8 .* -m minitron.cli prune", prune)
     assert "#SBATCH --gpus-per-node=1" in tasks["import"] and " 'stages=[import]' " in tasks["import"]
     assert " 'stages=[import, verify]' " in tasks["verify"]  # one shell word
     # the pre-submission sizing ran (launch.size_as) and printed minitron plan's table
@@ -89,7 +91,7 @@ def test_cloud_dry_runs(site):
     assert "torchrun --nnodes 2 --nproc-per-node 8" in distill and "-m minitron.cli distill" in distill
     assert "container_image='nvcr.io/nvidia/nemo:26.06'" in distill and "nodes=2" in distill
     assert "--output " in distill and ("/pvc/minitron/runs" in distill or "/mnt/minitron/runs" in distill)
-    assert "nodes=1" in tasks["prune"] and "torchrun" not in tasks["prune"]
+    assert "nodes=1" in tasks["prune"] and "torchrun --nnodes 1 --nproc-per-node 8" in tasks["prune"]
     if site == "dgxcloud":
         assert "project_name='my-project'" in distill and "'claimName': 'minitron-pvc-claim'" in distill
         assert "client_secret='$DGXC_CLIENT_SECRET'" in distill  # the variable's name, never a value
@@ -143,7 +145,7 @@ def test_bad_launches_fail_in_one_line_and_leave_nothing(tmp_path):
 
 
 @pytest.mark.torchrun
-def test_local_launch_runs_distillation_on_two_processes_and_resumes(tiny_hf, tmp_path):
+def test_local_launch_prunes_and_distils_on_two_processes_and_resumes(tiny_hf, tmp_path):
     train_yaml = write_train_yaml(tmp_path / "train.yaml", steps=4, interval=2)
     recipe = write_tiny_recipe(tmp_path, tiny_hf, "[import, prune, distill]", "[{name: depth, num_layers: 2}]",
                                f"distill: {{config: {train_yaml}}}\nlaunch: {{gpus_per_node: 2, experiment_dir: "
@@ -152,7 +154,7 @@ def test_local_launch_runs_distillation_on_two_processes_and_resumes(tiny_hf, tm
 
     def launch():
         result = run_minitron("launch", "--executor", "local", "--", "distill", "--config", str(recipe),
-                              "--output", str(out))
+                              "prune.parallel.pipeline_parallel=2", "--output", str(out))
         assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
         return json.loads(result.stdout[result.stdout.rindex("\n{"):])
 
@@ -160,10 +162,14 @@ def test_local_launch_runs_distillation_on_two_processes_and_resumes(tiny_hf, tm
     stage = out / "tiny" / "distill-depth"
     summary = json.loads((stage / "summary.json").read_text())
     assert summary["steps"] == 4 and (stage / "hf" / "config.json").is_file()
-    # NeMo-Run's torchrun launcher ran distill as two workers (torchelastic keeps one log folder per rank)
-    workers = {p.parent.name for p in (tmp_path / "nemo_run" / "experiments" / "minitron-tiny-distill").rglob(
-        "torchelastic/*/*/attempt_0/*/stderr.log")}
-    assert workers == {"0", "1"}
+    # NeMo-Run's torchrun launcher ran prune (2 pipeline ranks) and distill (DP 2) as two workers each
+    # (torchelastic keeps one log folder per rank)
+    for task in ("prune", "distill"):
+        workers = {p.parent.name for p in (tmp_path / "nemo_run" / "experiments" / f"minitron-tiny-{task}").rglob(
+            "torchelastic/*/*/attempt_0/*/stderr.log")}
+        assert workers == {"0", "1"}, task
+    pruned = json.loads((out / "tiny" / "prune-depth" / "summary.json").read_text())
+    assert pruned["calibration"]["pipeline_parallel"] == 2 and pruned["hf_vs_megatron_max_abs_logit_diff"] < 1e-4
     first = [json.loads(line) for line in (stage / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in first] == [1, 2, 3, 4]
     # Interrupted after step 2: the stage folder and the step-4 checkpoint are gone, step 2 is there.
@@ -175,3 +181,19 @@ def test_local_launch_runs_distillation_on_two_processes_and_resumes(tiny_hf, tm
     resumed = [json.loads(line) for line in (stage / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in resumed] == [3, 4]  # from the checkpoint, not from scratch
     assert [m["loss"] for m in resumed] == pytest.approx([m["loss"] for m in first[2:]], rel=1e-6)
+
+
+@pytest.mark.torchrun
+def test_prune_under_torchrun_refuses_a_world_that_is_not_its_layout(tiny_hf, tmp_path):
+    import sys
+
+    recipe = write_tiny_recipe(tmp_path, tiny_hf, "[import, prune]", "[{name: depth, num_layers: 2}]")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
+                "minitron.cli", "prune", "--config", str(recipe), "--output", str(tmp_path / "runs")]
+    early = subprocess.run(torchrun, capture_output=True, text=True, cwd=REPO)
+    assert early.returncode != 0 and "prune under torchrun: run ['import'] first" in early.stderr
+    assert run_minitron("run", "--config", str(recipe), "--output", str(tmp_path / "runs"),
+                        "stages=[import]").returncode == 0
+    wrong = subprocess.run(torchrun, capture_output=True, text=True, cwd=REPO)  # the recipe prunes at PP=1
+    assert wrong.returncode != 0 and "2 ranks, but the prune layout has pipeline_parallel=1" in wrong.stderr
+    assert not (tmp_path / "runs" / "tiny" / "prune-depth").exists()

@@ -5,8 +5,10 @@
 Each recipe stage becomes one NeMo-Run task, in stage order, with the process layout the stage needs:
 
 * ``single``: one process on one GPU (import, eval, report, and any other subcommand);
-* ``node``: one process holding one node's GPUs, which starts the stage's own ranks (verify's layouts,
-  pruning's pipeline stages: Model Optimizer prunes at TP=1, so PP ranks on one node);
+* ``node``: one process holding one node's GPUs, which starts the stage's own ranks (verify: each of its
+  layouts is a world of its own size);
+* ``ranks``: NeMo-Run's torchrun launcher on one node with the stage's own rank count (pruning: Model
+  Optimizer prunes at TP=1, so its PP ranks; one process when PP=1);
 * ``all``: NeMo-Run's torchrun launcher on every GPU of every node (teacher correction, distillation);
   the world size sets the data parallelism (``DP = nodes x GPUs / (TP x PP)``).
 
@@ -40,7 +42,7 @@ STAGE_TASKS = {
     "import": (["run"], "single", ["stages=[import]"]),
     "verify": (["run"], "node", ["stages=[import, verify]"]),
     "teacher_correction": (["teacher-correct"], "all", []),
-    "prune": (["prune"], "node", []),
+    "prune": (["prune"], "ranks", []),
     "distill": (["distill"], "all", []),
     "eval": (["eval"], "single", []),
     "report": (["report"], "single", []),
@@ -59,7 +61,8 @@ SUBCOMMAND_STAGES = {
 class Task:
     name: str
     args: list[str]   # minitron arguments
-    shape: str        # single | node | all
+    shape: str        # single | node | ranks | all
+    ranks: int = 1    # processes of a `ranks` task
 
 
 def launch_command(args) -> dict:
@@ -112,7 +115,7 @@ def layout_problems(recipe: Recipe, cfg: LaunchConfig, subcommand: str) -> list[
         if shape == "all" and layout.tensor_parallel > cfg.gpus_per_node:
             problems.append(f"{stage}: tensor_parallel={layout.tensor_parallel} spans nodes of {cfg.gpus_per_node}")
         ranks = max(tp * pp for tp, pp in recipe.verify.layouts) if stage == "verify" else layout.world_size
-        if shape == "node" and ranks > cfg.gpus_per_node:
+        if shape in ("node", "ranks") and ranks > cfg.gpus_per_node:
             problems.append(f"{stage}: its {ranks} ranks run on one node, which has {cfg.gpus_per_node}")
     return problems
 
@@ -149,8 +152,10 @@ def plan_tasks(sub: list[str], parsed, recipe: Recipe | None, cfg: LaunchConfig)
     tasks = []
     for stage in _stages(sub[0], recipe):
         command, shape, extra = STAGE_TASKS[stage]  # overrides before --output: argparse takes them in one run
+        ranks = recipe.layout(stage).pipeline_parallel if shape == "ranks" else 1
         tasks.append(Task(stage.replace("_", "-"),
-                          [*command, "--config", config_path, *parsed.overrides, *extra, "--output", output], shape))
+                          [*command, "--config", config_path, *parsed.overrides, *extra, "--output", output],
+                          "single" if shape == "ranks" and ranks == 1 else shape, ranks))
     return tasks
 
 
@@ -197,14 +202,13 @@ def check_can_submit(cfg: LaunchConfig) -> None:
         raise MinitronError("launch: " + "; ".join(missing))
 
 
-def executor(cfg: LaunchConfig, shape: str, dry_run: bool = False):
-    """The NeMo-Run executor of one task of `shape`."""
+def executor(cfg: LaunchConfig, task: Task, dry_run: bool = False):
+    """The NeMo-Run executor of one task, sized by its shape."""
     import nemo_run as run
 
-    all_gpus = shape == "all"
-    nodes = cfg.nodes if all_gpus else 1
-    procs = cfg.gpus_per_node if all_gpus else 1
-    gpus = 1 if shape == "single" else cfg.gpus_per_node
+    nodes = cfg.nodes if task.shape == "all" else 1
+    procs = {"all": cfg.gpus_per_node, "ranks": task.ranks}.get(task.shape, 1)
+    gpus = {"single": 1, "ranks": task.ranks}.get(task.shape, cfg.gpus_per_node)
     env = {str(k): str(v) for k, v in cfg.env.items()}
     if cfg.executor == "local":
         ex = run.LocalExecutor(ntasks_per_node=procs, env_vars=env)
@@ -237,9 +241,13 @@ def executor(cfg: LaunchConfig, shape: str, dry_run: bool = False):
                                 gpus_per_node=gpus, nprocs_per_node=procs, resource_shape=lep.resource_shape,
                                 node_group=lep.node_group, mounts=list(lep.mounts),
                                 image_pull_secrets=list(lep.image_pull_secrets), env_vars=env, packager=_packager())
-    if all_gpus:
+    if _torchrun(task):
         ex.launcher = "torchrun"
     return ex
+
+
+def _torchrun(task: Task) -> bool:
+    return task.shape in ("all", "ranks")
 
 
 def _packager():
@@ -261,7 +269,7 @@ def _script(task: Task, cfg: LaunchConfig):
         return run.Script(inline=shlex.join([python, "-m", "minitron.cli", *task.args]))
     # Slurm's sbatch script and the clouds' launch scripts are shell: NeMo-Run's torchrun launcher quotes its
     # arguments, its plain scripts do not, so those are quoted here (`stages=[import, verify]` is one argument).
-    args = task.args if task.shape == "all" else [shlex.quote(a) for a in task.args]
+    args = task.args if _torchrun(task) else [shlex.quote(a) for a in task.args]
     return run.Script(path="minitron.cli", m=True, entrypoint="python", args=args)
 
 
@@ -272,7 +280,7 @@ def dry_run(tasks: list[Task], cfg: LaunchConfig, name: str) -> dict:
     rendered = []
     with tempfile.TemporaryDirectory() as tmp, run.Experiment(name, base_dir=tmp, log_level="ERROR") as exp:
         for task in tasks:
-            exp.add(_script(task, cfg), executor=executor(cfg, task.shape, dry_run=True), name=task.name)
+            exp.add(_script(task, cfg), executor=executor(cfg, task, dry_run=True), name=task.name)
         exp.dryrun(log=False)
         for task, job in zip(tasks, exp.jobs):
             rendered.append(str(job._dryrun_info))  # NeMo-Run's AppDryRunInfo: sbatch script, job spec, command
@@ -280,7 +288,8 @@ def dry_run(tasks: list[Task], cfg: LaunchConfig, name: str) -> dict:
         after = f", after {tasks[i - 2].name} succeeds" if i > 1 else ""
         if cfg.executor in ("local", "docker"):  # the command is in the task's script file: show it
             text += f"\n# {task.name}'s script: {_script(task, cfg).inline}"
-        print(f"# ---- task {i}/{len(tasks)}: {task.name} ({task.shape}{after}) ----\n{text}\n")
+        shape = f"{task.shape} x {task.ranks}" if task.shape == "ranks" else task.shape
+        print(f"# ---- task {i}/{len(tasks)}: {task.name} ({shape}{after}) ----\n{text}\n")
     return {"dry_run": True, "executor": cfg.executor, "tasks": [t.name for t in tasks], "submitted": False}
 
 
@@ -293,7 +302,7 @@ def submit(tasks: list[Task], cfg: LaunchConfig, name: str) -> dict:
         os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
         for task in tasks:
             with run.Experiment(f"{name}-{task.name}", log_level="WARN", **base) as exp:
-                exp.add(_script(task, cfg), executor=executor(cfg, task.shape), name=task.name, tail_logs=True)
+                exp.add(_script(task, cfg), executor=executor(cfg, task), name=task.name, tail_logs=True)
                 exp.run(detach=False)
             # leaving the experiment waited for the task (a one-task experiment does not wait in run())
             state = str(exp.status(return_dict=True)[task.name]["status"]).split(" ")[0]
@@ -303,7 +312,7 @@ def submit(tasks: list[Task], cfg: LaunchConfig, name: str) -> dict:
         return {"executor": cfg.executor, "tasks": [t.name for t in tasks], "state": "SUCCEEDED"}
     with run.Experiment(name, log_level="INFO", **base) as exp:
         for task in tasks:
-            exp.add(_script(task, cfg), executor=executor(cfg, task.shape), name=task.name)
+            exp.add(_script(task, cfg), executor=executor(cfg, task), name=task.name)
         exp.run(sequential=True, detach=True)
         return {"executor": cfg.executor, "tasks": [t.name for t in tasks], "experiment": exp._id,
                 "follow": f"nemo experiment status {exp._id}; nemo experiment logs {exp._id} 0"}

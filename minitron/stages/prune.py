@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
+import time
 from pathlib import Path
 
 import torch
@@ -18,6 +21,7 @@ from minitron import config, data
 from minitron.conversion.convert import load_megatron_from_nemo, nemo_to_hf
 from minitron.conversion.nemo_checkpoint import content_digest
 from minitron.conversion.verify import hf_logits
+from minitron.errors import MinitronError
 from minitron.pruning import report
 from minitron.pruning.prune import PruneJob, run_job
 from minitron.recipe import Recipe
@@ -51,36 +55,89 @@ def write_tokens(recipe: Recipe, hf_dir: Path, path: Path) -> str:
     return digest
 
 
-def run(folder: RunFolder, stage: str, out: Path) -> dict:
+def make_job(folder: RunFolder, stage: str, where: Path) -> PruneJob:
+    """The pruning job of stage `prune-<student>`: calibration tokens and the job's outputs go to `where`."""
     recipe = folder.recipe
     student = next(s for s in recipe.prune.students if s.name == student_of(stage))
-    paths = {"hf": folder.imported_teacher()["hf"], "nemo": folder.teacher_nemo()}
-    tokens = out / "tokens.safetensors"
-    digest = write_tokens(recipe, paths["hf"], tokens)
-    scores = scores_dir(folder, paths["nemo"], digest)
+    teacher = folder.teacher_nemo()
+    tokens = where / "tokens.safetensors"
+    digest = write_tokens(recipe, folder.imported_teacher()["hf"], tokens)
+    scores = scores_dir(folder, teacher, digest)
     scores.parent.mkdir(parents=True, exist_ok=True)
-    job = PruneJob(teacher=str(paths["nemo"]), output=str(out / "nemo"), scores=str(scores), tokens=str(tokens),
-                   student=student, prune=recipe.prune, pipeline_parallel=recipe.layout("prune").pipeline_parallel,
-                   result=str(out / "prune_result.json"))
-    pp = recipe.layout("prune").pipeline_parallel
-    if pp == 1:
+    return PruneJob(teacher=str(teacher), output=str(where / "nemo"), scores=str(scores), tokens=str(tokens),
+                    student=student, prune=recipe.prune, pipeline_parallel=recipe.layout("prune").pipeline_parallel,
+                    result=str(where / "prune_result.json"))
+
+
+def run(folder: RunFolder, stage: str, out: Path) -> dict:
+    """Prune here (PP=1) or on PP ranks under torchrun started here, then export and report."""
+    job = make_job(folder, stage, out)
+    if job.pipeline_parallel == 1:
         result = run_job(job)
     else:
         config.save(job, out / "job.json")
-        run_module(pp, "minitron.pruning.prune", [str(out / "job.json")], expect_result=False)
+        run_module(job.pipeline_parallel, "minitron.pruning.prune", [str(out / "job.json")], expect_result=False)
         result = json.loads((out / "prune_result.json").read_text())
+    return finish(folder, out, job, result)
+
+
+def finish(folder: RunFolder, out: Path, job: PruneJob, result: dict) -> dict:
+    """Export the pruned student to HF, check the two agree, write the report; the stage's summary."""
+    if Path(job.output) != out / "nemo":  # pruned by an external torchrun into the work folder
+        shutil.move(job.output, out / "nemo")
+    tokens = Path(job.tokens)
     export = nemo_to_hf(out / "nemo", out / "hf")
     parity = _hf_parity(out / "nemo", out / "hf", tokens)
     files = report.write(report.build(result), out)
     tokens.unlink()  # recreated from the data cache on demand; no need to keep a copy
-    return {"student": student.name, "teacher": str(paths["nemo"]), "teacher_model": folder.teacher_model(),
-            "nemo": str(out / "nemo"), "hf": str(out / "hf"), "scores": str(scores),
+    return {"student": job.student.name, "teacher": job.teacher, "teacher_model": folder.teacher_model(),
+            "nemo": str(out / "nemo"), "hf": str(out / "hf"), "scores": job.scores,
             "arch": result["arch"], "parameters": result["parameters"],
             "teacher_parameters": result["teacher_parameters"],
             "validation_loss": result["validation_loss"], "teacher_validation_loss": result["teacher_validation_loss"],
             "layers_dropped": result["layers_dropped"], "calibration": result["calibration"],
             "prune_seconds": result["prune_seconds"], "hf_vs_megatron_max_abs_logit_diff": parity,
             "export_seconds": export["seconds"], "report": files}
+
+
+def prune_under_torchrun(folder: RunFolder) -> dict | None:
+    """Every rank of an external torchrun (NeMo-Run's launcher: PP ranks on one node) prunes each planned
+    student together; rank 0 prepares the job first and exports and writes the stage folder after.
+
+    The stages before pruning (import, teacher correction) must be done already.
+    """
+    names = [name for kind, name in folder.planned() if kind == "prune"]
+    earlier = [name for kind, name in folder.planned() if kind in ("import", "teacher_correction")]
+    missing = [name for name in earlier if not folder.done(name)]
+    if missing:
+        raise MinitronError(f"prune under torchrun: run {missing} first (single-process stages; `minitron launch` "
+                            "puts them in tasks of their own)")
+    pp = folder.recipe.layout("prune").pipeline_parallel
+    world = int(os.environ["WORLD_SIZE"])
+    if world != pp:
+        raise MinitronError(f"prune under torchrun: {world} ranks, but the prune layout has pipeline_parallel={pp}; "
+                            f"start {pp} processes (Model Optimizer prunes at TP=1)")
+    rank0 = int(os.environ["RANK"]) == 0
+    for stage in names:
+        if folder.done(stage):
+            continue
+        work, job = folder.work_dir(stage), [None]
+        if rank0:  # alone: the data pipeline is collective under torch.distributed, and only rank 0 reads here
+            shutil.rmtree(work, ignore_errors=True)  # leftovers of a killed run: the job is made afresh
+            work.mkdir(parents=True)
+            with distributed.single_process():
+                job = [make_job(folder, stage, work)]
+        distributed.initialize(1, pp)
+        torch.distributed.broadcast_object_list(job, src=0)  # the same job (tokens, scores folder) everywhere
+        result = distributed.distributed_entry(run_job)(job[0])
+        distributed.shutdown()
+        if rank0:
+            with distributed.single_process():
+                folder.write_stage(stage, lambda tmp: finish(folder, tmp, job[0], result))
+            shutil.rmtree(work, ignore_errors=True)
+        while not folder.done(stage):
+            time.sleep(1)
+    return {"stages": names, "output": str(folder.root)} if rank0 else None
 
 
 def _hf_parity(nemo_dir: Path, hf_dir: Path, tokens_file: Path) -> float:
