@@ -79,6 +79,18 @@ def test_docker_dry_run():
            "--output /runs" in distill
 
 
+def test_other_commands_are_one_task():
+    export = run_minitron("launch", "--site", str(SLURM_SITE), "--dry-run", "--", "export", "--model", "/models/x",
+                          "--format", "trtllm", "--output", "/lustre/minitron/exports/x")
+    assert export.returncode == 0, export.stderr[-2000:]
+    assert list(tasks_of(export.stdout)) == ["export"]
+    assert "python -m minitron.cli export --model /models/x" in export.stdout and "torchrun" not in export.stdout
+    verify = run_minitron("launch", "--site", str(SLURM_SITE), "--dry-run", "--", "verify", "--nemo", "/ckpt/n",
+                          "--hf", "/models/x", "--tp", "2", "--pp", "4")
+    assert verify.returncode == 0, verify.stderr[-2000:]
+    assert "--nnodes 1 --nproc-per-node 8" in verify.stdout and "-m minitron.cli verify --nemo /ckpt/n" in verify.stdout
+
+
 @pytest.mark.parametrize("site", ["dgxcloud", "lepton"])
 def test_cloud_dry_runs(site):
     result = run_minitron("launch", "--site", str(REPO / "launch" / f"{site}-example.yaml"), "--nodes", "2",

@@ -146,6 +146,8 @@ def _stages(subcommand: str, recipe: Recipe) -> list[str]:
 
 def plan_tasks(sub: list[str], parsed, recipe: Recipe | None, cfg: LaunchConfig) -> list[Task]:
     """One task per stage the command needs (done ones skip when they start), or the command as one task."""
+    if sub[0] == "verify" and parsed.tp * parsed.pp > 1:  # `minitron verify --tp N --pp M` runs on N*M ranks
+        return [Task("verify", sub, "ranks", parsed.tp * parsed.pp)]
     if recipe is None or (sub[0] not in SUBCOMMAND_STAGES and sub[0] != "run"):
         return [Task(sub[0], sub, "single")]
     config_path, output = _recipe_path(parsed.config, cfg), _output(recipe, parsed, cfg)
