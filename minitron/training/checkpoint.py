@@ -51,9 +51,12 @@ def save(root: Path, model, optimizer, scheduler, step: int, keep_last: int) -> 
     torch.distributed.barrier()
     try:
         dist_checkpointing.save(_state(model, optimizer, scheduler, step, is_loading=False), str(partial))
-    except OSError as e:  # e.g. the disk filled up: the previous checkpoints stay untouched
-        raise MinitronError(f"{partial}: saving the step-{step} checkpoint failed ({e}); "
-                            "earlier checkpoints are intact") from None
+    except (OSError, RuntimeError) as e:  # e.g. the disk filled up: the previous checkpoints stay untouched
+        # A full disk reaches here as OSError or, from torch's zip writer in a save worker, as RuntimeError
+        # "[enforce fail at inline_container.cc] unexpected pos": say how much room is left either way.
+        free = shutil.disk_usage(root).free / 2 ** 20
+        raise MinitronError(f"{partial}: saving the step-{step} checkpoint failed ({str(e).splitlines()[0]}); "
+                            f"{free:,.1f} MiB free there; earlier checkpoints are intact") from None
     torch.distributed.barrier()
     if distributed.is_rank0():
         if final.exists():  # left by an earlier run (train.resume=never starts over in the same folder)
