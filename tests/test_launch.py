@@ -159,7 +159,8 @@ def test_bad_launches_fail_in_one_line_and_leave_nothing(tmp_path):
 @pytest.mark.torchrun
 def test_local_launch_prunes_and_distils_on_two_processes_and_resumes(tiny_hf, tmp_path):
     train_yaml = write_train_yaml(tmp_path / "train.yaml", steps=4, interval=2)
-    recipe = write_tiny_recipe(tmp_path, tiny_hf, "[import, prune, distill]", "[{name: depth, num_layers: 2}]",
+    recipe = write_tiny_recipe(tmp_path, tiny_hf, "[import, prune, distill]",
+                               "[{name: width, hidden_size: 48, ffn_hidden_size: 64}, {name: depth, num_layers: 2}]",
                                f"distill: {{config: {train_yaml}}}\nlaunch: {{gpus_per_node: 2, experiment_dir: "
                                f"{tmp_path / 'nemo_run'}}}\n")
     out = tmp_path / "runs"
@@ -180,8 +181,10 @@ def test_local_launch_prunes_and_distils_on_two_processes_and_resumes(tiny_hf, t
         workers = {p.parent.name for p in (tmp_path / "nemo_run" / "experiments" / f"minitron-tiny-{task}").rglob(
             "torchelastic/*/*/attempt_0/*/stderr.log")}
         assert workers == {"0", "1"}, task
-    pruned = json.loads((out / "tiny" / "prune-depth" / "summary.json").read_text())
-    assert pruned["calibration"]["pipeline_parallel"] == 2 and pruned["hf_vs_megatron_max_abs_logit_diff"] < 1e-4
+    for student in ("width", "depth"):  # both students in one torchrun job each for prune and distill
+        pruned = json.loads((out / "tiny" / f"prune-{student}" / "summary.json").read_text())
+        assert pruned["calibration"]["pipeline_parallel"] == 2 and pruned["hf_vs_megatron_max_abs_logit_diff"] < 1e-4
+        assert json.loads((out / "tiny" / f"distill-{student}" / "summary.json").read_text())["steps"] == 4
     first = [json.loads(line) for line in (stage / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in first] == [1, 2, 3, 4]
     # Interrupted after step 2: the stage folder and the step-4 checkpoint are gone, step 2 is there.

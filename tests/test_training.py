@@ -230,7 +230,8 @@ def test_disk_full_during_save_keeps_earlier_checkpoints(models, tmp_path, monke
 
 @pytest.mark.torchrun
 def test_distill_under_external_torchrun_equals_nproc_launch(tiny_hf, tmp_path):
-    """`torchrun -m minitron.cli distill` (how multi-node runs) trains exactly like `minitron distill nproc=2`."""
+    """`torchrun -m minitron.cli distill` (how multi-node runs) trains exactly like `minitron distill nproc=2`,
+    student after student in one torchrun job (the process group is made again for each)."""
     import shutil
     import subprocess
     import sys
@@ -238,7 +239,8 @@ def test_distill_under_external_torchrun_equals_nproc_launch(tiny_hf, tmp_path):
     from conftest import run_minitron
 
     train_yaml = write_train_yaml(tmp_path / "train.yaml", steps=3, interval=3)
-    recipe = write_tiny_recipe(tmp_path, tiny_hf, "[import, prune, distill]", "[{name: depth, num_layers: 2}]",
+    recipe = write_tiny_recipe(tmp_path, tiny_hf, "[import, prune, distill]",
+                               "[{name: width, hidden_size: 48, ffn_hidden_size: 64}, {name: depth, num_layers: 2}]",
                                f"distill: {{config: {train_yaml}}}\n")
     first = run_minitron("run", "--config", str(recipe), "--output", str(tmp_path / "a"), "stages=[import, prune]")
     assert first.returncode == 0, first.stderr[-2000:]
@@ -253,10 +255,13 @@ def test_distill_under_external_torchrun_equals_nproc_launch(tiny_hf, tmp_path):
     internal = run_minitron("distill", "--config", str(recipe), "--output", str(tmp_path / "b"), "nproc=2")
     assert internal.returncode == 0, internal.stderr[-3000:]
 
-    def losses(root):
-        return [json.loads(line)["loss"] for line in (root / "tiny/distill-depth/metrics.jsonl").read_text().splitlines()]
+    def losses(root, student):
+        metrics = (root / f"tiny/distill-{student}/metrics.jsonl").read_text().splitlines()
+        return [json.loads(line)["loss"] for line in metrics]
 
-    assert len(losses(tmp_path / "a")) == 3 and losses(tmp_path / "a") == losses(tmp_path / "b")
+    for student in ("width", "depth"):
+        assert len(losses(tmp_path / "a", student)) == 3
+        assert losses(tmp_path / "a", student) == losses(tmp_path / "b", student)
     summary = json.loads((tmp_path / "a/tiny/distill-depth/summary.json").read_text())
     assert summary["steps"] == 3 and (tmp_path / "a/tiny/distill-depth/hf/config.json").is_file()
 

@@ -38,7 +38,7 @@ def initialize(tensor_parallel_size: int = 1, pipeline_parallel_size: int = 1, s
         if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
             if torch.cuda.is_available():
                 torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-            dist.init_process_group(backend())
+            _init_from_environment()
         else:
             # A world of one needs no rendezvous: an in-memory store, no port is opened.
             dist.init_process_group(backend(), store=dist.HashStore(), rank=0, world_size=1)
@@ -63,6 +63,29 @@ def initialize(tensor_parallel_size: int = 1, pipeline_parallel_size: int = 1, s
         pipeline_model_parallel_size=pipeline_parallel_size,
     )
     tensor_parallel.model_parallel_cuda_manual_seed(seed)
+
+
+_ENVIRONMENT_INITS = 0
+
+
+def _init_from_environment() -> None:
+    """torchrun's rendezvous; again (with a store prefix of its own) when a job has several stages.
+
+    A second ``env://`` init in the same process reuses torch's store keys: its barrier waits forever, or
+    gloo dials an address of the group before. Every rank inits as often (once per stage), so the n-th init
+    has the same prefix everywhere.
+    """
+    global _ENVIRONMENT_INITS
+    _ENVIRONMENT_INITS += 1
+    if _ENVIRONMENT_INITS == 1:
+        dist.init_process_group(backend())
+        return
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # torchrun's agent serves the store
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size=None if agent else world,
+                          is_master=rank == 0 and not agent)
+    dist.init_process_group(backend(), store=dist.PrefixStore(f"minitron/init-{_ENVIRONMENT_INITS}", store),
+                            rank=rank, world_size=world)
 
 
 @contextlib.contextmanager
