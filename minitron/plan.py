@@ -25,6 +25,7 @@ from pathlib import Path
 from minitron.errors import MinitronError
 from minitron.pruning.config import StudentConfig
 from minitron.recipe import Recipe, load_recipe
+from minitron.run_folder import stage_kind
 from minitron.runtime.llama import LlamaArch, read_json
 
 GIB = 2 ** 30
@@ -154,7 +155,7 @@ def plan(recipe: Recipe, teacher: LlamaArch, nodes: int, gpus_per_node: int, gpu
 
 def _check_divides(recipe: Recipe, stage: str, nodes: int, gpus_per_node: int, problems: list[str]) -> tuple[int, int]:
     """The stage's TP and PP; raises when the GPUs are not a multiple of TP x PP (nothing else can be sized)."""
-    layout = recipe.layout(stage.split("-", 1)[0])
+    layout = recipe.layout(stage_kind(stage))
     tp, pp, world = layout.tensor_parallel, layout.pipeline_parallel, nodes * gpus_per_node
     if world % (tp * pp):
         raise MinitronError(f"plan: {world} GPUs ({nodes} x {gpus_per_node}) are not a multiple of {stage}'s "
