@@ -190,11 +190,12 @@ def transformer_engine_available() -> bool:
     return True
 
 
-def layer_spec(use_te: bool | None = None):
+def layer_spec(use_te: bool | None = None, training_layers: bool = False):
     """Transformer-Engine spec in the NGC container, Megatron's plain-PyTorch spec elsewhere.
 
     Both produce the same distributed-checkpoint keys (the local spec maps its layernorm names
-    onto TE's fused ones), so a checkpoint moves freely between them.
+    onto TE's fused ones), so a checkpoint moves freely between them. ``training_layers`` swaps the
+    local spec's core attention and norms for :mod:`minitron.runtime.training_layers`.
     """
     from megatron.core.models.gpt import gpt_layer_specs as specs
 
@@ -202,7 +203,14 @@ def layer_spec(use_te: bool | None = None):
         use_te = transformer_engine_available()
     if use_te:
         return specs.get_gpt_layer_with_transformer_engine_spec()
-    return specs.get_gpt_layer_local_spec(normalization="RMSNorm")
+    spec = specs.get_gpt_layer_local_spec(normalization="RMSNorm")
+    if training_layers:
+        from minitron.runtime.training_layers import Fp32RMSNorm, SDPAttention, residual_add
+
+        spec.submodules.self_attention.submodules.core_attention = SDPAttention
+        spec.submodules.input_layernorm = spec.submodules.pre_mlp_layernorm = Fp32RMSNorm
+        spec.submodules.self_attn_bda = spec.submodules.mlp_bda = residual_add
+    return spec
 
 
 def transformer_config(arch: LlamaArch, dtype: torch.dtype = torch.float32, **overrides):
@@ -243,10 +251,12 @@ def transformer_config(arch: LlamaArch, dtype: torch.dtype = torch.float32, **ov
 
 def build_gpt_model(arch: LlamaArch, dtype: torch.dtype | str = torch.float32, *,
                     use_te: bool | None = None, init_weights: bool = True,
-                    parallel_output: bool = True, **config_overrides):
+                    parallel_output: bool = True, training_layers: bool = False, **config_overrides):
     """A Megatron-Core GPTModel for this rank's pipeline stage and tensor shard.
 
     ``init_weights=False`` skips random initialisation (the weights are about to be loaded).
+    ``training_layers=True`` (training without Transformer Engine): fused attention, fp32 norms and
+    Megatron's ``fp32_residual_connection``, so bf16 training keeps an fp32 residual stream.
     """
     from megatron.core import parallel_state
     from megatron.core.models.gpt import GPTModel
@@ -261,10 +271,21 @@ def build_gpt_model(arch: LlamaArch, dtype: torch.dtype | str = torch.float32, *
     pp = parallel_state.get_pipeline_model_parallel_world_size()
     if arch.num_layers % pp:
         raise MinitronError(f"num_layers={arch.num_layers} is not divisible by pipeline_parallel={pp}")
+    if use_te is None:
+        use_te = transformer_engine_available()
+    spec = layer_spec(use_te, training_layers)
+    if training_layers and not use_te:
+        from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
+
+        from minitron.runtime.training_layers import Fp32RMSNorm
+
+        # The block's final norm too: it takes the fp32 residual stream and feeds the output layer.
+        spec = TransformerBlockSubmodules(layer_specs=[spec] * (arch.num_layers // pp), layer_norm=Fp32RMSNorm)
+        config_overrides = {"fp32_residual_connection": True, **config_overrides}
     config = transformer_config(arch, dtype, perform_initialization=init_weights, **config_overrides)
     model = GPTModel(
         config=config,
-        transformer_layer_spec=layer_spec(use_te),
+        transformer_layer_spec=spec,
         vocab_size=arch.vocab_size,
         max_sequence_length=arch.max_position_embeddings,
         pre_process=parallel_state.is_pipeline_first_stage(),

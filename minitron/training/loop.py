@@ -90,10 +90,11 @@ def _setup(job: TrainJob, cfg: TrainConfig):
     if cfg.global_batch_size % (cfg.micro_batch_size * dp):
         raise MinitronError(f"global_batch_size={cfg.global_batch_size} is not divisible by "
                             f"micro_batch_size={cfg.micro_batch_size} x data_parallel={dp}")
-    student, arch = load_megatron_from_nemo(job.student, dtype=torch.float32)
+    # training_layers: fused attention and an fp32 residual stream where Transformer Engine is absent.
+    student, arch = load_megatron_from_nemo(job.student, dtype=torch.float32, training_layers=True)
     teacher = teacher_arch = None
     if job.teacher:
-        teacher, teacher_arch = load_megatron_from_nemo(job.teacher, dtype=torch.float32)
+        teacher, teacher_arch = load_megatron_from_nemo(job.teacher, dtype=torch.float32, training_layers=True)
         _check_compatible(job, arch, teacher_arch)
         teacher.eval()
         for p in teacher.parameters():
@@ -105,6 +106,9 @@ def _wrap(model, cfg: TrainConfig, bf16: bool):
     """Megatron's own mixed precision: bf16 weights (Float16Module) + fp32 master weights in the
     optimizer, fp32 gradient reduction. On CPU the same classes run through `cpu_compat`."""
     model.config.bf16 = bf16
+    # What pipeline stages send each other: the residual stream's dtype.
+    model.config.pipeline_dtype = torch.bfloat16 if bf16 and not model.config.fp32_residual_connection \
+        else torch.float32
     wrapped = Float16Module(model.config, model) if bf16 else model
     ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False,
                                                use_distributed_optimizer=torch.cuda.is_available())
