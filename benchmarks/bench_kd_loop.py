@@ -113,7 +113,8 @@ def plain_loop(teacher_hf, student_hf, rows, cfg, bf16: bool, work: Path) -> dic
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
-    accumulation = cfg.global_batch_size // cfg.micro_batch_size
+    micro = cfg.micro_batch(1)
+    accumulation = cfg.global_batch_size // micro
     times, losses = [], []
     for step in range(cfg.steps):
         start = time.perf_counter()
@@ -122,8 +123,8 @@ def plain_loop(teacher_hf, student_hf, rows, cfg, bf16: bool, work: Path) -> dic
         opt.zero_grad(set_to_none=True)
         total = 0.0
         for k in range(accumulation):
-            first = step * cfg.global_batch_size + k * cfg.micro_batch_size
-            tokens = torch.stack([rows[i] for i in range(first, first + cfg.micro_batch_size)])[:, :-1]
+            first = step * cfg.global_batch_size + k * micro
+            tokens = torch.stack([rows[i] for i in range(first, first + micro)])[:, :-1]
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 with torch.no_grad():
                     t_logits = teacher(tokens).logits
@@ -200,7 +201,7 @@ def main() -> None:
                        "heldout_lm_loss": heldout_loss(r["hf"], val), "train_losses": r["losses"]}
     ratio = table["minitron"]["tokens_per_second"] / table["plain"]["tokens_per_second"]
     print(f"\nKD, SmolLM2 teacher -> pruned width student, {cfg.steps} steps x {cfg.global_batch_size} x {seq} tokens "
-          f"(micro-batch {cfg.micro_batch_size}), precision {precision.name}, CPU {hardware()['cpu_capability']}, "
+          f"(micro-batch {cfg.micro_batch(1)}), precision {precision.name}, CPU {hardware()['cpu_capability']}, "
           f"{torch.get_num_threads()} threads; matmul peak {peak:.0f} GFLOP/s ({precision.name}, 2048^3)")
     print(f"{'loop':<10} {'tokens/s':>9} {'of peak':>8} {'held-out LM loss':>17}")
     for name, row in table.items():

@@ -132,7 +132,8 @@ def plan(recipe: Recipe, teacher: LlamaArch, nodes: int, gpus_per_node: int, gpu
                 jobs.append((f"distill-{s.name}", student_arch(teacher, s), teacher, cfg))
     for name, model, frozen, cfg in jobs:
         tp, pp = _check_divides(recipe, name, nodes, gpus_per_node, problems)
-        lay = Layout(tp, pp, world // (tp * pp), cfg.micro_batch_size, recipe.data.seq_length, recompute)
+        dp = world // (tp * pp)
+        lay = Layout(tp, pp, dp, cfg.micro_batch(dp), recipe.data.seq_length, recompute)
         precision_bytes = 4 if cfg.precision == "fp32" else 2
         memory = train_memory(model, frozen, lay, precision_bytes)
         total = sum(memory.values())

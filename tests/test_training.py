@@ -134,10 +134,19 @@ def test_nan_loss_stops_with_a_clear_error(models, tmp_path):
     assert not (tmp_path / "out/checkpoints").exists() or not any((tmp_path / "out/checkpoints").iterdir())
 
 
+def test_null_micro_batch_is_one_micro_batch_per_rank(models, tmp_path):
+    """micro_batch_size: null = global batch / DP: the same steps as the explicit size, no accumulation."""
+    train(make_job(models, tmp_path / "null", steps=3, eval_interval=3, save_interval=3, micro_batch_size=None))
+    train(make_job(models, tmp_path / "eight", steps=3, eval_interval=3, save_interval=3, micro_batch_size=8))
+    assert losses(tmp_path / "null") == losses(tmp_path / "eight")
+    assert TrainConfig(micro_batch_size=None, global_batch_size=16).micro_batch(data_parallel=4) == 4
+
+
 @pytest.mark.parametrize("override, message", [
     ({"global_batch_size": 6, "micro_batch_size": 4}, "not a multiple of micro_batch_size"),
     ({"warmup_steps": 100, "steps": 100}, "warmup_steps"),
     ({"min_lr": 1.0}, "min_lr <= lr"),
+    ({"micro_batch_size": 0}, r"micro_batch_size=0 must be >= 1 \(or null\)"),
 ])
 def test_train_config_validation(override, message):
     with pytest.raises(MinitronError, match=message):

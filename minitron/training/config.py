@@ -38,7 +38,9 @@ class KDConfig:
 @dataclass
 class TrainConfig:
     steps: int = doc(100, "optimizer steps")
-    micro_batch_size: int = doc(4, "sequences per forward/backward on one rank")
+    micro_batch_size: int | None = doc(4, "sequences per forward/backward on one rank; null: global_batch_size / "
+                                          "data-parallel size, one micro-batch per rank and step (fastest where "
+                                          "memory allows, as on CPU, whatever the process count)")
     global_batch_size: int = doc(16, "sequences per optimizer step over all data-parallel ranks "
                                      "(a multiple of micro_batch_size x DP; the rest is gradient accumulation)")
     lr: float = doc(1e-4, "peak learning rate (Minitron distillation: 1e-4)")
@@ -61,10 +63,16 @@ class TrainConfig:
     resume: Literal["auto", "never"] = doc("auto", "auto: continue from the newest complete checkpoint")
     kd: KDConfig = doc(KDConfig, "distillation loss (ignored by teacher correction)")
 
+    def micro_batch(self, data_parallel: int) -> int:
+        """Sequences per micro-batch on each of `data_parallel` ranks (resolving null)."""
+        return self.micro_batch_size or max(1, self.global_batch_size // data_parallel)
+
     def check(self) -> list[str]:
-        problems = at_least_one(self, ("steps", "micro_batch_size", "global_batch_size", "log_interval",
+        problems = at_least_one(self, ("steps", "global_batch_size", "log_interval",
                                        "eval_interval", "eval_samples", "save_interval", "keep_last"))
-        if self.global_batch_size % self.micro_batch_size:
+        if self.micro_batch_size is not None and self.micro_batch_size < 1:
+            problems.append(f"micro_batch_size={self.micro_batch_size} must be >= 1 (or null)")
+        elif self.micro_batch_size and self.global_batch_size % self.micro_batch_size:
             problems.append(f"global_batch_size={self.global_batch_size} is not a multiple of "
                             f"micro_batch_size={self.micro_batch_size}")
         if not 0 <= self.min_lr <= self.lr:

@@ -11,6 +11,7 @@ the loss curve does not depend on the parallel layout and a resumed run sees the
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -87,9 +88,9 @@ def _check_compatible(job: TrainJob, student_arch, teacher_arch) -> None:
 def _setup(job: TrainJob, cfg: TrainConfig):
     distributed.initialize(job.tensor_parallel, job.pipeline_parallel, seed=cfg.seed)
     dp = parallel_state.get_data_parallel_world_size()
-    if cfg.global_batch_size % (cfg.micro_batch_size * dp):
+    if cfg.global_batch_size % (cfg.micro_batch(dp) * dp):
         raise MinitronError(f"global_batch_size={cfg.global_batch_size} is not divisible by "
-                            f"micro_batch_size={cfg.micro_batch_size} x data_parallel={dp}")
+                            f"micro_batch_size={cfg.micro_batch(dp)} x data_parallel={dp}")
     # training_layers: fused attention and an fp32 residual stream where Transformer Engine is absent.
     student, arch = load_megatron_from_nemo(job.student, dtype=torch.float32, training_layers=True)
     teacher = teacher_arch = None
@@ -209,6 +210,7 @@ def train(job: TrainJob) -> dict:
         host_memory.keep_freed_memory()
     out = Path(job.output)
     student, arch, teacher = _setup(job, cfg)
+    cfg = dataclasses.replace(cfg, micro_batch_size=cfg.micro_batch(parallel_state.get_data_parallel_world_size()))
     prepared = prepare(data_cfg, nemo.tokenizer_dir(job.student))
     train_rows = samples(prepared, "train", data_cfg.seq_length, cfg.steps * cfg.global_batch_size, seed=data_cfg.seed)
     val_rows = torch.stack(list(samples(prepared, "validation", data_cfg.seq_length, cfg.eval_samples)))
