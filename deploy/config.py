@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 
 from minitron.config import at_least_one, doc
+from minitron.runtime.precision import check as check_precision
 
 
 @dataclass
@@ -21,6 +22,8 @@ class DeployConfig:
     calib_samples: int = doc(64, "FP8 calibration samples from the train split of `data`")
     calib_seq_length: int = doc(512, "tokens per calibration sample")
     calib_batch_size: int = doc(4, "calibration samples per forward pass")
+    calib_dtype: str = doc("auto", "precision of the model while calibrating: auto|bf16|fp32 (auto: bf16 on GPUs and "
+                                   "CPUs that compute it natively, fp32 elsewhere); the export is bf16 (+FP8) either way")
     max_batch_size: int = doc(8, "engine: largest batch (trtllm-build --max_batch_size)")
     max_input_len: int = doc(1024, "engine: longest prompt in tokens (--max_input_len)")
     max_seq_len: int = doc(2048, "engine: longest prompt + output in tokens (--max_seq_len)")
@@ -33,6 +36,7 @@ class DeployConfig:
                                        "max_batch_size", "max_input_len", "max_seq_len"], "deploy.")
         if self.max_input_len > self.max_seq_len:
             problems.append(f"deploy.max_input_len {self.max_input_len} exceeds deploy.max_seq_len {self.max_seq_len}")
+        problems += check_precision(self.calib_dtype, "deploy.calib_dtype")
         if self.kv_cache_fp8 and self.dtype != "fp8":
             problems.append("deploy.kv_cache_fp8 needs deploy.dtype fp8")
         return problems

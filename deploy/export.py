@@ -39,6 +39,7 @@ from minitron.io import atomic_output_dir, check_output_dir
 from minitron.models import resolve_hf_source
 from minitron.recipe import Recipe, load_recipe
 from minitron.runtime.llama import LlamaArch
+from minitron.runtime.precision import resolve as resolve_precision
 
 FORMATS = ("hf", "trtllm")
 
@@ -61,6 +62,8 @@ def export(req: ExportRequest) -> dict:
     summary = {"source": str(hf_dir), "format": req.format, "dtype": req.deploy.dtype, "tp": req.deploy.tp, "pp": req.deploy.pp}
     if req.deploy.dtype == "fp8":
         summary["quantization"] = _calibrate(model, hf_dir, req)
+    for p in model.parameters():  # the exporters keep the weights' dtype; the quantizers' scales stay fp32
+        p.data = p.data.to(torch.bfloat16)
     with atomic_output_dir(req.output) as tmp:
         if req.format == "hf":
             summary["checkpoint"] = _write_hf(model, hf_dir, tmp)
@@ -92,7 +95,10 @@ def _load_checked(hf_dir: Path, req: ExportRequest):
         problems.append(f"num_hidden_layers {arch.num_layers} is not divisible by --pp {req.deploy.pp}")
     if problems:
         raise MinitronError(f"{hf_dir}: " + "; ".join(problems))
-    return load_llama(hf_dir, torch.bfloat16)
+    # Calibration runs at the hardware's precision (fp32 where the CPU lacks native bf16: bf16 there is
+    # hundreds of times slower); both exporters write bf16 (+FP8) whatever the model was loaded in.
+    precision = resolve_precision(req.deploy.calib_dtype if req.deploy.dtype == "fp8" else "bf16")
+    return load_llama(hf_dir, precision.dtype)
 
 
 def _calibrate(model, hf_dir: Path, req: ExportRequest) -> dict:
@@ -100,7 +106,8 @@ def _calibrate(model, hf_dir: Path, req: ExportRequest) -> dict:
     tokens = calibration_tokens(hf_dir, data_cfg, req.deploy.calib_samples, req.deploy.calib_seq_length)
     with _quiet_modelopt():
         result = quantize_fp8(model, tokens, req.deploy.calib_batch_size, req.deploy.kv_cache_fp8)
-    return {**result, "data_source": data_cfg.source, "split": "train"}
+    return {**result, "data_source": data_cfg.source, "split": "train",
+            "precision": str(next(model.parameters()).dtype).replace("torch.", "")}
 
 
 @contextlib.contextmanager

@@ -154,6 +154,23 @@ def test_hf_fp8_quant_config_and_scales(tiny_hf_tied, data, tmp_path):
     assert tensors["model.embed_tokens.weight"].dtype == torch.bfloat16
 
 
+def test_fp8_calibration_precision_is_chosen_and_the_export_stays_bf16(tiny_hf, data, tmp_path):
+    """deploy.calib_dtype: fp32 (what auto picks on a CPU without native bf16) calibrates in fp32; the
+    export is bf16 + FP8 either way; auto follows the hardware."""
+    from minitron.runtime.precision import resolve
+
+    fp32 = _export(tiny_hf, tmp_path / "fp32", data, format="hf", dtype="fp8", calib_dtype="fp32")
+    auto = _export(tiny_hf, tmp_path / "auto", data, format="hf", dtype="fp8")
+    assert fp32["quantization"]["precision"] == "float32"
+    assert auto["quantization"]["precision"] == str(resolve("auto").dtype).replace("torch.", "")
+    tensors = load_file(tmp_path / "fp32/model.safetensors")
+    assert tensors["model.embed_tokens.weight"].dtype == torch.bfloat16
+    assert tensors["model.layers.0.mlp.down_proj.weight"].dtype == torch.float8_e4m3fn
+    with pytest.raises(MinitronError, match=r"deploy.calib_dtype='fp16' must be one of \['auto', 'bf16'"):
+        _export(tiny_hf, tmp_path / "bad", data, format="hf", dtype="fp8", calib_dtype="fp16")
+    assert not (tmp_path / "bad").exists()
+
+
 # ---- bad inputs: one line, nothing written ----------------------------------------------------
 def _edit_config(src, dst, **changes):
     shutil.copytree(src, dst)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import platform
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -119,7 +120,8 @@ def _announce(choice: Precision) -> Precision:
     key = (choice.requested, choice.name)
     if key not in _announced:  # once per process and request, not on every model load
         _announced.add(key)
-        print(f"[precision] {choice.requested} -> {choice.name} ({choice.reason})", flush=True)
+        # stderr: several commands print a JSON summary on stdout
+        print(f"[precision] {choice.requested} -> {choice.name} ({choice.reason})", file=sys.stderr, flush=True)
     return choice
 
 
