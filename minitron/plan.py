@@ -84,6 +84,17 @@ def train_memory(model: LlamaArch, teacher: LlamaArch | None, lay: Layout, preci
     return {k: v / GIB for k, v in memory.items()}
 
 
+def _side_by_side(name: str, model: LlamaArch, jobs: list, lay: Layout, cfg, precision_bytes: int) -> dict[str, float]:
+    """distill.share_teacher: the other students' weights, gradients and optimizer stay resident, and one step's
+    teacher logits are kept for them (micro-batches x micro x seq x vocab / TP)."""
+    others = [m for n, m, _, _ in jobs if n.startswith("distill-") and n != name]
+    resident = sum(sum(v for k, v in train_memory(m, None, lay, precision_bytes).items()
+                       if k in ("weights", "gradients", "optimizer")) for m in others)
+    micro_batches = cfg.global_batch_size // (lay.dp * lay.micro_batch)
+    kept = micro_batches * precision_bytes * lay.seq * lay.micro_batch * model.vocab_size / lay.tp / GIB
+    return {"other_students": resident, "kept_teacher_logits": kept if others else 0.0}
+
+
 def flops_per_token(arch: LlamaArch, seq: int, training: bool) -> float:
     n = arch.num_parameters()
     attention = arch.num_layers * arch.hidden_size * seq
@@ -136,6 +147,8 @@ def plan(recipe: Recipe, teacher: LlamaArch, nodes: int, gpus_per_node: int, gpu
         lay = Layout(tp, pp, dp, cfg.micro_batch(dp), recipe.data.seq_length, recompute)
         precision_bytes = 4 if cfg.precision == "fp32" else 2
         memory = train_memory(model, frozen, lay, precision_bytes)
+        if name.startswith("distill-") and recipe.distill.share_teacher:
+            memory.update(_side_by_side(name, model, jobs, lay, cfg, precision_bytes))
         total = sum(memory.values())
         if cfg.global_batch_size % (lay.micro_batch * lay.dp):
             problems.append(f"{name}: global_batch_size={cfg.global_batch_size} is not divisible by micro_batch_size "

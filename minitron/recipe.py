@@ -56,6 +56,11 @@ class TrainingStageConfig:
         [], "distill only: students also distilled from the uncorrected (imported) teacher, as stage "
             "distill-<student>@teacher, to compare with distillation from the corrected teacher as the Minitron "
             "paper does; needs teacher_correction in stages")
+    share_teacher: bool = doc(
+        False, "distill only: train the students that have the same teacher side by side, step by step, so one "
+               "teacher forward per micro-batch serves them all (the teacher is ~40% of a KD step's FLOPs). Keeps "
+               "one step's teacher logits in memory (micro-batches x micro x seq x vocab / TP): for small models "
+               "and CPU runs; pipeline_parallel 1 only")
     parallel: Optional[ParallelConfig] = doc(
         None, "this stage's own layout (e.g. TP=8 within a node x DP across nodes); null = the recipe's `parallel`")
 
@@ -110,6 +115,9 @@ class Recipe:
                     and "teacher_correction" not in self.stages:
                 problems.append("distill.from_uncorrected_teacher needs teacher_correction in stages (without it "
                                 "every student is distilled from the uncorrected teacher already)")
+        if self.distill and self.distill.share_teacher and self.layout("distill").pipeline_parallel > 1:
+            problems.append("distill.share_teacher needs pipeline_parallel 1 for distillation (the students replay "
+                            "the teacher's last-stage logits); set distill.share_teacher=false")
         if self.layout("prune").tensor_parallel != 1:
             problems.append("prune layout: Model Optimizer's Minitron pruning runs at tensor_parallel=1; give the "
                             "prune stage pipeline stages instead (prune.parallel: {pipeline_parallel: 8})")

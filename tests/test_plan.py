@@ -75,3 +75,25 @@ def test_plan_command_prints_the_table_and_refuses_in_one_line():
     assert bad.returncode != 0 and "not a multiple of" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
     missing = run_minitron("plan", "--config", str(WIDTH), "--nodes", "1")
     assert missing.returncode != 0 and "--teacher llama3.1-8b" in missing.stderr
+
+
+def test_side_by_side_students_are_sized_with_the_kept_teacher_logits():
+    """distill.share_teacher: each student's stage also holds the other student's training state and one step's
+    teacher logits (8 nodes x 8 H100, the 8B width recipe given a depth student too): 35 GiB more per GPU."""
+    both = ["prune.students=[{name: width, hidden_size: 3072, ffn_hidden_size: 9216}, {name: depth, num_layers: 16}]"]
+    teacher = teacher_arch(load_recipe(WIDTH, []), "llama3.1-8b")
+    alone = plan(load_recipe(WIDTH, both), teacher, 8, 8, GPUS["h100-80gb"], 0.4, False)
+    shared = plan(load_recipe(WIDTH, both + ["distill.share_teacher=true"]), teacher, 8, 8, GPUS["h100-80gb"], 0.4,
+                  False)
+    a, s = alone["stages"]["distill-width"]["memory_gib"], shared["stages"]["distill-width"]["memory_gib"]
+    depth_state = sum(v for k, v in alone["stages"]["distill-depth"]["memory_gib"].items()
+                      if k in ("weights", "gradients", "optimizer"))
+    assert "other_students" not in a and s["other_students"] == pytest.approx(depth_state, abs=0.02)
+    # 1152 sequences / DP 8 = 144 micro-batches x 8192 tokens x 128256 vocab / TP 8 x 2 bytes
+    assert s["kept_teacher_logits"] == pytest.approx(144 * 8192 * 128256 / 8 * 2 / 2 ** 30, rel=1e-3)
+    added = s["other_students"] + s["kept_teacher_logits"]
+    assert shared["stages"]["distill-width"]["total_gib"] == pytest.approx(
+        alone["stages"]["distill-width"]["total_gib"] + added, abs=0.1)
+    on_40gb = plan(load_recipe(WIDTH, both + ["distill.share_teacher=true"]), teacher, 8, 8, GPU(40, 312), 0.4,
+                   False)
+    assert any("distill-width: needs" in p for p in on_40gb["problems"])

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -134,6 +135,66 @@ def test_nan_loss_stops_with_a_clear_error(models, tmp_path):
     assert not (tmp_path / "out/checkpoints").exists() or not any((tmp_path / "out/checkpoints").iterdir())
 
 
+def test_students_sharing_a_teacher_forward_train_as_if_alone(models, tmp_path, monkeypatch):
+    """train_together: one teacher forward per micro-batch for two students; each student's losses,
+    validation and exported weights equal those of training it alone."""
+    from safetensors.torch import load_file
+
+    from minitron.conversion.convert import nemo_to_hf
+    from minitron.training.loop import train_together
+    from minitron.training.shared_teacher import TeacherLogits
+
+    hf_to_nemo(write_tiny_llama(tmp_path / "second_hf", seed=9, intermediate_size=48, num_hidden_layers=3),
+               tmp_path / "second")
+    kw = dict(steps=4, eval_interval=2, save_interval=2)
+    jobs = [make_job(models, tmp_path / "together_a", **kw), make_job(models, tmp_path / "together_b", **kw)]
+    jobs[1].student = str(tmp_path / "second")
+    alone = [make_job(models, tmp_path / "alone_a", **kw), make_job(models, tmp_path / "alone_b", **kw)]
+    alone[1].student = str(tmp_path / "second")
+    replays = []
+    original = TeacherLogits.next_output
+    monkeypatch.setattr(TeacherLogits, "next_output", lambda self: replays.append(1) or original(self))
+    together = train_together(jobs)
+    # the second student's teacher logits were all replayed: 4 steps x 4 micro-batches + 2 validations x 2
+    assert len(replays) == 4 * 4 + 2 * 2
+    separate = [train(job) for job in alone]
+    for pair, single, job, solo in zip(together, separate, jobs, alone):
+        assert losses(Path(job.output)) == losses(Path(solo.output))
+        assert pair["validation"] == single["validation"]
+        nemo_to_hf(Path(job.output) / "nemo", Path(job.output) / "hf")
+        nemo_to_hf(Path(solo.output) / "nemo", Path(solo.output) / "hf")
+        a = load_file(Path(job.output) / "hf/model.safetensors")
+        b = load_file(Path(solo.output) / "hf/model.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_students_trained_together_resume_together_or_one_by_one(models, tmp_path):
+    """Cut short, train_together resumes both students from their common checkpoint; if one student's newest
+    checkpoint is missing (killed between the two saves), they resume one by one; the curves are unchanged."""
+    import shutil
+
+    from minitron.training.loop import train_together
+
+    hf_to_nemo(write_tiny_llama(tmp_path / "second_hf", seed=9, intermediate_size=48, num_hidden_layers=3),
+               tmp_path / "second")
+
+    def jobs(name, max_steps_this_run=None):
+        pair = [make_job(models, tmp_path / f"{name}_a", steps=6, save_interval=2),
+                make_job(models, tmp_path / f"{name}_b", steps=6, save_interval=2)]
+        pair[1].student = str(tmp_path / "second")
+        return [dataclasses.replace(job, max_steps_this_run=max_steps_this_run) for job in pair]
+
+    train_together(jobs("full"))
+    train_together(jobs("cut", max_steps_this_run=3))  # checkpoints at step 2; step 3 is lost
+    train_together(jobs("cut"))
+    train_together(jobs("uneven", max_steps_this_run=4))
+    shutil.rmtree(tmp_path / "uneven_b/checkpoints/step_00000004")  # b last saved at step 2, a at 4
+    train_together(jobs("uneven"))
+    for name in ("cut", "uneven"):
+        for side in "ab":
+            assert losses(tmp_path / f"{name}_{side}") == losses(tmp_path / f"full_{side}")
+
+
 def test_null_micro_batch_is_one_micro_batch_per_rank(models, tmp_path):
     """micro_batch_size: null = global batch / DP: the same steps as the explicit size, no accumulation."""
     train(make_job(models, tmp_path / "null", steps=3, eval_interval=3, save_interval=3, micro_batch_size=None))
@@ -239,8 +300,9 @@ def test_disk_full_during_save_keeps_earlier_checkpoints(models, tmp_path, monke
 
 @pytest.mark.torchrun
 def test_distill_under_external_torchrun_equals_nproc_launch(tiny_hf, tmp_path):
-    """`torchrun -m minitron.cli distill` (how multi-node runs) trains exactly like `minitron distill nproc=2`,
-    student after student in one torchrun job (the process group is made again for each)."""
+    """`torchrun -m minitron.cli distill` (how multi-node runs) trains exactly like `minitron distill nproc=2`;
+    with distill.share_teacher the two students train side by side on one teacher forward, and exactly as
+    without it, student after student in one torchrun job (the process group made again for each)."""
     import shutil
     import subprocess
     import sys
@@ -250,10 +312,11 @@ def test_distill_under_external_torchrun_equals_nproc_launch(tiny_hf, tmp_path):
     train_yaml = write_train_yaml(tmp_path / "train.yaml", steps=3, interval=3)
     recipe = write_tiny_recipe(tmp_path, tiny_hf, "[import, prune, distill]",
                                "[{name: width, hidden_size: 48, ffn_hidden_size: 64}, {name: depth, num_layers: 2}]",
-                               f"distill: {{config: {train_yaml}}}\n")
+                               f"distill: {{config: {train_yaml}, share_teacher: true}}\n")
     first = run_minitron("run", "--config", str(recipe), "--output", str(tmp_path / "a"), "stages=[import, prune]")
     assert first.returncode == 0, first.stderr[-2000:]
     shutil.copytree(tmp_path / "a", tmp_path / "b")
+    shutil.copytree(tmp_path / "a", tmp_path / "c")
 
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                 "-m", "minitron.cli", "distill", "--config", str(recipe), "--output", str(tmp_path / "a")]
@@ -263,6 +326,9 @@ def test_distill_under_external_torchrun_equals_nproc_launch(tiny_hf, tmp_path):
     assert external.returncode == 0, external.stderr[-3000:]
     internal = run_minitron("distill", "--config", str(recipe), "--output", str(tmp_path / "b"), "nproc=2")
     assert internal.returncode == 0, internal.stderr[-3000:]
+    unshared = run_minitron("distill", "--config", str(recipe), "--output", str(tmp_path / "c"), "nproc=2",
+                            "distill.share_teacher=false")
+    assert unshared.returncode == 0, unshared.stderr[-3000:]
 
     def losses(root, student):
         metrics = (root / f"tiny/distill-{student}/metrics.jsonl").read_text().splitlines()
@@ -270,9 +336,13 @@ def test_distill_under_external_torchrun_equals_nproc_launch(tiny_hf, tmp_path):
 
     for student in ("width", "depth"):
         assert len(losses(tmp_path / "a", student)) == 3
-        assert losses(tmp_path / "a", student) == losses(tmp_path / "b", student)
-    summary = json.loads((tmp_path / "a/tiny/distill-depth/summary.json").read_text())
-    assert summary["steps"] == 3 and (tmp_path / "a/tiny/distill-depth/hf/config.json").is_file()
+        assert losses(tmp_path / "a", student) == losses(tmp_path / "b", student) == losses(tmp_path / "c", student)
+    for root in ("a", "b"):
+        summary = json.loads((tmp_path / root / "tiny/distill-depth/summary.json").read_text())
+        assert summary["trained_with"] == "distill-width" and summary["steps"] == 3
+        assert (tmp_path / root / "tiny/distill-depth/hf/config.json").is_file()
+        assert not (tmp_path / root / "tiny/distill-depth.work/trained.json").exists()
+    assert "trained_with" not in json.loads((tmp_path / "c/tiny/distill-depth/summary.json").read_text())
 
 
 def test_recipe_with_teacher_correction_and_distillation(tiny_hf, tmp_path):

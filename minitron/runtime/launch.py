@@ -35,18 +35,20 @@ def run_module(nproc: int, module: str, args: list[str], expect_result: bool = T
         return json.loads(result.read_text())
 
 
-def job_main(run_job, job_class, description: str, argv: list[str] | None = None) -> int:
+def job_main(run_job, job_class, description: str, argv: list[str] | None = None, many: bool = False) -> int:
     """``python -m <module> JOB.json [--result-file F]``: one job on every rank (the torchrun entry point).
 
-    The job is read back through the config checks; rank 0 writes the result, if any, as JSON to F.
-    Errors print one line, as the `minitron` command does.
+    With ``many``, ``JOB.json ...`` is a list of jobs handed to `run_job` together. The jobs are read
+    back through the config checks; rank 0 writes the result, if any, as JSON to F. Errors print one
+    line, as the `minitron` command does.
     """
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("job", help="job JSON written by the stage")
+    p.add_argument("job", nargs="+" if many else None, help="job JSON written by the stage")
     p.add_argument("--result-file", default=None)
     args = p.parse_args(argv)
     try:
-        result = distributed.distributed_entry(run_job)(config.load_saved(job_class, args.job))
+        jobs = [config.load_saved(job_class, f) for f in args.job] if many else config.load_saved(job_class, args.job)
+        result = distributed.distributed_entry(run_job)(jobs)
     except MinitronError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -42,6 +42,7 @@ from minitron.runtime.precision import resolve as resolve_precision
 from minitron.training import checkpoint
 from minitron.training.config import TrainConfig
 from minitron.training.kd_loss import ChunkedLogitsKLLoss
+from minitron.training.shared_teacher import TeacherLogits
 
 
 @dataclass
@@ -83,24 +84,6 @@ def _check_compatible(job: TrainJob, student_arch, teacher_arch) -> None:
     s_tok, t_tok = nemo.tokenizer_dir(job.student), nemo.tokenizer_dir(job.teacher)
     if tokenizer_hash(s_tok) != tokenizer_hash(t_tok):
         raise MinitronError(f"{s_tok} and {t_tok} hold different tokenizers; student and teacher must share one")
-
-
-def _setup(job: TrainJob, cfg: TrainConfig):
-    distributed.initialize(job.tensor_parallel, job.pipeline_parallel, seed=cfg.seed)
-    dp = parallel_state.get_data_parallel_world_size()
-    if cfg.global_batch_size % (cfg.micro_batch(dp) * dp):
-        raise MinitronError(f"global_batch_size={cfg.global_batch_size} is not divisible by "
-                            f"micro_batch_size={cfg.micro_batch(dp)} x data_parallel={dp}")
-    # training_layers: fused attention and an fp32 residual stream where Transformer Engine is absent.
-    student, arch = load_megatron_from_nemo(job.student, dtype=torch.float32, training_layers=True)
-    teacher = teacher_arch = None
-    if job.teacher:
-        teacher, teacher_arch = load_megatron_from_nemo(job.teacher, dtype=torch.float32, training_layers=True)
-        _check_compatible(job, arch, teacher_arch)
-        teacher.eval()
-        for p in teacher.parameters():
-            p.requires_grad_(False)
-    return student, arch, teacher
 
 
 def _wrap(model, cfg: TrainConfig, bf16: bool):
@@ -205,67 +188,163 @@ def _my_rows(all_rows, step: int, cfg: TrainConfig) -> torch.Tensor:
 
 # ---- the loop -----------------------------------------------------------------------------------------
 def train(job: TrainJob) -> dict:
-    cfg, data_cfg = job.train, job.data
+    return train_together([job])[0]
+
+
+@dataclass
+class _Student:
+    """One student's training state in `train_together`."""
+    job: TrainJob
+    arch: object
+    model: object      # the distillation model (or the student itself for LM training)
+    ddp: object
+    opt: object
+    sched: object
+    start_step: int
+    log: "_Logger"
+    last_val: dict | None = None
+
+
+def train_together(jobs: list[TrainJob]) -> list[dict]:
+    """Train `jobs` step by step side by side; with a teacher, one teacher forward serves them all.
+
+    The jobs share teacher, data, training settings and layout (the recipe's students distilled from
+    one teacher). Each micro-batch's teacher logits are computed once, while the first student trains
+    (`TeacherLogits`), and replayed to the others, so n students cost one teacher pass instead of n.
+    Each student keeps its own checkpoints, metrics and export, exactly as when trained alone.
+    """
+    _check_together(jobs)
+    if len({_resume_step(j) for j in jobs}) > 1:
+        # Killed between two students' checkpoints of the same step: they cannot run in step; one by one.
+        return [train_together([j])[0] for j in jobs]
+    first = jobs[0]
+    cfg, data_cfg = first.train, first.data
     if not torch.cuda.is_available():
         host_memory.keep_freed_memory()
-    out = Path(job.output)
-    student, arch, teacher = _setup(job, cfg)
-    cfg = dataclasses.replace(cfg, micro_batch_size=cfg.micro_batch(parallel_state.get_data_parallel_world_size()))
-    prepared = prepare(data_cfg, nemo.tokenizer_dir(job.student))
+    distributed.initialize(first.tensor_parallel, first.pipeline_parallel, seed=cfg.seed)
+    cfg = _resolve_micro_batch(cfg)
+    teacher = _load_teacher(first)
+    prepared = prepare(data_cfg, nemo.tokenizer_dir(first.student))
     train_rows = samples(prepared, "train", data_cfg.seq_length, cfg.steps * cfg.global_batch_size, seed=data_cfg.seed)
     val_rows = torch.stack(list(samples(prepared, "validation", data_cfg.seq_length, cfg.eval_samples)))
     teacher_val = None
     if teacher is not None:
         teacher_val = lm_loss(teacher, [val_rows[i:i + cfg.micro_batch_size]
                                         for i in range(0, len(val_rows), cfg.micro_batch_size)])
-        model = _distillation_model(student, teacher, cfg)
-    else:
-        model = student
     precision = resolve_precision(cfg.precision, distributed.device())
-    ddp, opt, sched = _wrap(model, cfg, bf16=precision.name == "bf16")
+    shared = TeacherLogits(teacher) if teacher is not None and len(jobs) > 1 else None
+    students = [_start(job, cfg, teacher if shared is None or i == 0 else shared.stand_in(), precision, i)
+                for i, job in enumerate(jobs)]
+    start = students[0].start_step
+    stop = cfg.steps if first.max_steps_this_run is None else min(cfg.steps, start + first.max_steps_this_run)
+    distilling = teacher is not None
+    for step in range(start, stop):
+        rows = _my_rows(train_rows, step, cfg)
+        for i, s in enumerate(students):
+            if shared:
+                shared.record() if i == 0 else shared.replay()
+            _train_step(s, rows, step, cfg, distilling)
+        done = step + 1
+        if done % cfg.eval_interval == 0 or done == cfg.steps:
+            for i, s in enumerate(students):
+                if shared:
+                    shared.record() if i == 0 else shared.replay()
+                s.last_val = _validate(s.ddp, s.model, val_rows, cfg, distilling)
+                s.log.metrics.update({f"val_{k}": v for k, v in s.last_val.items()})
+        if shared:
+            shared.clear()
+        for s in students:
+            s.log.flush_step()
+            if done % cfg.save_interval == 0 or done == cfg.steps:
+                checkpoint.save(Path(s.job.output) / "checkpoints", s.model, s.opt, s.sched, done, cfg.keep_last)
+    return [_finish(s, cfg, data_cfg, stop, teacher_val, precision) for s in students]
 
+
+def _check_together(jobs: list[TrainJob]) -> None:
+    first = jobs[0]
+    for job in jobs[1:]:
+        same = (job.teacher, job.data, job.train, job.tensor_parallel, job.pipeline_parallel, job.max_steps_this_run) \
+            == (first.teacher, first.data, first.train, first.tensor_parallel, first.pipeline_parallel,
+                first.max_steps_this_run)
+        if not same or not job.teacher:
+            raise MinitronError(f"{job.output}: students trained together need one teacher, data, training settings "
+                                f"and layout (distill them separately: distill.share_teacher=false)")
+    if len(jobs) > 1 and first.pipeline_parallel > 1:
+        raise MinitronError("students share a teacher forward only at pipeline_parallel=1 "
+                            "(set distill.share_teacher=false)")
+
+
+def _resume_step(job: TrainJob) -> int:
+    found = checkpoint.newest(Path(job.output) / "checkpoints") if job.train.resume == "auto" else None
+    return found[0] if found else 0
+
+
+def _resolve_micro_batch(cfg: TrainConfig) -> TrainConfig:
+    dp = parallel_state.get_data_parallel_world_size()
+    if cfg.global_batch_size % (cfg.micro_batch(dp) * dp):
+        raise MinitronError(f"global_batch_size={cfg.global_batch_size} is not divisible by "
+                            f"micro_batch_size={cfg.micro_batch(dp)} x data_parallel={dp}")
+    return dataclasses.replace(cfg, micro_batch_size=cfg.micro_batch(dp))
+
+
+def _load_teacher(job: TrainJob):
+    if not job.teacher:
+        return None
+    # training_layers: fused attention and an fp32 residual stream where Transformer Engine is absent.
+    teacher, _ = load_megatron_from_nemo(job.teacher, dtype=torch.float32, training_layers=True)
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
+def _start(job: TrainJob, cfg: TrainConfig, teacher, precision, position: int) -> _Student:
+    """Load the student, wrap it for distillation (when there is a teacher), Megatron's DDP and
+    optimizer; resume from its newest complete checkpoint."""
+    student, arch = load_megatron_from_nemo(job.student, dtype=torch.float32, training_layers=True)
+    if job.teacher:
+        _check_compatible(job, arch, nemo.read_context(job.teacher)[0])
+    model = _distillation_model(student, teacher, cfg) if teacher is not None else student
+    ddp, opt, sched = _wrap(model, cfg, bf16=precision.name == "bf16")
     start_step = 0
-    ckpts = out / "checkpoints"
-    found = checkpoint.newest(ckpts) if cfg.resume == "auto" else None
+    found = checkpoint.newest(Path(job.output) / "checkpoints") if cfg.resume == "auto" else None
     if found:
         start_step = checkpoint.load(found[1], model, opt, sched)
         if distributed.is_rank0():
             print(f"resumed from {found[1]} (step {start_step})", flush=True)
-    log = _Logger(out, start_step, cfg, distributed.is_rank0())
-    stop = cfg.steps if job.max_steps_this_run is None else min(cfg.steps, start_step + job.max_steps_this_run)
+    log = _Logger(Path(job.output), start_step, cfg, distributed.is_rank0(), position)
+    return _Student(job, arch, model, ddp, opt, sched, start_step, log)
+
+
+def _train_step(s: _Student, rows: torch.Tensor, step: int, cfg: TrainConfig, distilling: bool) -> None:
+    t0 = time.perf_counter()
+    s.ddp.train()
+    s.ddp.zero_grad_buffer()
+    s.opt.zero_grad()
+    metrics = _run_batches(s.ddp, s.model, rows, cfg, distilling, False)
+    fwd_bwd = time.perf_counter() - t0
+    if not math.isfinite(metrics["loss"]):
+        last = checkpoint.newest(Path(s.job.output) / "checkpoints")
+        raise MinitronError(f"loss is {metrics['loss']} at step {step + 1}; stopped. Last good checkpoint: "
+                            f"{last[1] if last else 'none'} (lower train.lr or check the data)")
+    with cpu_compat.device_scope():
+        ok, grad_norm, _ = s.opt.step()
+    s.sched.step(increment=1)
+    seconds = time.perf_counter() - t0
+    tokens = cfg.global_batch_size * s.job.data.seq_length
+    s.log.metrics = dict(metrics, step=step + 1, lr=s.opt.param_groups[0]["lr"], grad_norm=float(grad_norm or 0.0),
+                         skipped=not ok, seconds=seconds, fwd_bwd_seconds=fwd_bwd, tokens_per_second=tokens / seconds)
+
+
+def _finish(s: _Student, cfg: TrainConfig, data_cfg, stop: int, teacher_val, precision) -> dict:
+    s.log.close()
+    out = Path(s.job.output)
     tokens_per_step = cfg.global_batch_size * data_cfg.seq_length
-    last_val = None
-    for step in range(start_step, stop):
-        t0 = time.perf_counter()
-        ddp.train()
-        ddp.zero_grad_buffer()
-        opt.zero_grad()
-        t_fb = time.perf_counter()
-        metrics = _run_batches(ddp, model, _my_rows(train_rows, step, cfg), cfg, teacher is not None, False)
-        fwd_bwd = time.perf_counter() - t_fb
-        if not math.isfinite(metrics["loss"]):
-            last = checkpoint.newest(ckpts)
-            raise MinitronError(f"loss is {metrics['loss']} at step {step + 1}; stopped. Last good checkpoint: "
-                                f"{last[1] if last else 'none'} (lower train.lr or check the data)")
-        with cpu_compat.device_scope():
-            ok, grad_norm, _ = opt.step()
-        sched.step(increment=1)
-        metrics.update(step=step + 1, lr=opt.param_groups[0]["lr"], grad_norm=float(grad_norm or 0.0),
-                       skipped=not ok, seconds=time.perf_counter() - t0, fwd_bwd_seconds=fwd_bwd,
-                       tokens_per_second=tokens_per_step / (time.perf_counter() - t0))
-        done = step + 1
-        if done % cfg.eval_interval == 0 or done == cfg.steps:
-            last_val = _validate(ddp, model, val_rows, cfg, teacher is not None)
-            metrics.update({f"val_{k}": v for k, v in last_val.items()})
-        log.step(metrics)
-        if done % cfg.save_interval == 0 or done == cfg.steps:
-            checkpoint.save(ckpts, model, opt, sched, done, cfg.keep_last)
-    log.close()
-    result = {"steps": stop, "tokens": stop * tokens_per_step, "validation": last_val,
+    result = {"steps": stop, "tokens": stop * tokens_per_step, "validation": s.last_val,
               "teacher_validation_loss": teacher_val, "metrics": str(out / "metrics.jsonl"),
               "precision": precision.to_dict()}
     if stop == cfg.steps:
-        _export_student(job, model, arch, out / "nemo")
+        _export_student(s.job, s.model, s.arch, out / "nemo")
         result["nemo"] = str(out / "nemo")
     return result
 
@@ -302,21 +381,27 @@ def _export_student(job: TrainJob, model, arch, target: Path) -> None:
 class _Logger:
     """metrics.jsonl + TensorBoard (when installed) + a progress bar with rate and ETA (rank 0)."""
 
-    def __init__(self, out: Path, start: int, cfg: TrainConfig, active: bool):
-        self.active, self.cfg = active, cfg
+    def __init__(self, out: Path, start: int, cfg: TrainConfig, active: bool, position: int = 0):
+        self.active, self.cfg, self.metrics = active, cfg, {}
         if not active:
             return
         from tqdm import tqdm
 
         out.mkdir(parents=True, exist_ok=True)
         self.file = (out / "metrics.jsonl").open("a")
-        self.bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
+        name = out.name.removesuffix(".work")
+        self.bar = tqdm(total=cfg.steps, initial=start, desc=f"train {name}", unit="step", dynamic_ncols=True,
+                        position=position)
         try:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(str(out / "tensorboard"))
         except ImportError:
             self.tb = None
+
+    def flush_step(self) -> None:
+        """Log the step's metrics (training, plus validation when it ran)."""
+        self.step(self.metrics)
 
     def step(self, m: dict) -> None:
         if not self.active:
@@ -345,4 +430,5 @@ class _Logger:
 
 
 if __name__ == "__main__":
-    sys.exit(job_main(train, TrainJob, "one training job on every rank (written by a training stage)"))
+    sys.exit(job_main(train_together, TrainJob, "training jobs on every rank, side by side (written by a training "
+                                                "stage; one job, or students sharing a teacher)", many=True))

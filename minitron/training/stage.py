@@ -21,7 +21,8 @@ from minitron.errors import MinitronError
 from minitron.run_folder import RunFolder, is_training, stage_kind, stage_name, student_of
 from minitron.runtime import distributed
 from minitron.runtime.launch import run_module
-from minitron.training.loop import TrainJob, train
+from minitron.io import write_json_atomic
+from minitron.training.loop import TrainJob, train_together
 
 matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
@@ -53,17 +54,54 @@ def _check_pruned_from(folder: RunFolder, stage: str, pruned: dict) -> None:
                             f"(corrected after pruning); remove {prune_dir} to prune the corrected teacher")
 
 
+def trained_together(folder: RunFolder, stage: str) -> list[str]:
+    """The distill stages trained side by side with `stage` (it first), sharing one teacher forward
+    (`distill.share_teacher`): the planned, unfinished ones with the same teacher. [stage] otherwise."""
+    recipe = folder.recipe
+    if stage_kind(stage) != "distill" or not recipe.distill.share_teacher:
+        return [stage]
+    teacher = folder.teacher_model(stage)
+    others = [s for kind, s in folder.planned() if kind == "distill" and s != stage and not folder.done(s)
+              and folder.teacher_model(s) == teacher and not (folder.work_dir(s) / TRAINED).is_file()]
+    return [stage, *others]
+
+
+TRAINED = "trained.json"  # a student trained beside another one: its result, until its stage folder is written
+
+
 def _train(job: TrainJob, folder: RunFolder, stage: str) -> tuple[dict, float]:
-    """Run the job in this process, or on TP*PP*DP ranks under torchrun; (result, seconds)."""
+    """Run the job (with the students trained beside it) in this process, or on TP*PP*DP ranks under
+    torchrun; (result, seconds)."""
+    earlier = Path(job.output) / TRAINED
+    if earlier.is_file():
+        saved = json.loads(earlier.read_text())
+        if saved["job"] == _job_key(job):
+            return saved["result"], 0.0
+    group = trained_together(folder, stage)
+    jobs = [job] + [make_job(folder, s) for s in group[1:]]
     nproc = folder.recipe.layout(stage_kind(stage)).world_size
     start = time.perf_counter()
     if nproc == 1:
-        result = train(job)
+        results = train_together(jobs)
     else:
-        job_file = Path(job.output) / "job.json"
-        config.save(job, job_file)
-        result = run_module(nproc, "minitron.training.loop", [str(job_file)])
-    return result, time.perf_counter() - start
+        files = []
+        for j in jobs:
+            Path(j.output).mkdir(parents=True, exist_ok=True)
+            config.save(j, Path(j.output) / "job.json")
+            files.append(str(Path(j.output) / "job.json"))
+        results = run_module(nproc, "minitron.training.loop", files)
+    seconds = time.perf_counter() - start
+    _keep_results(jobs[1:], results[1:], group[0])
+    return results[0], seconds
+
+
+def _keep_results(jobs: list[TrainJob], results: list[dict], trained_with: str) -> None:
+    for j, r in zip(jobs, results):
+        write_json_atomic(Path(j.output) / TRAINED, {"job": _job_key(j), "result": {**r, "trained_with": trained_with}})
+
+
+def _job_key(job: TrainJob) -> dict:
+    return json.loads(json.dumps(config.to_dict(job), default=str))
 
 
 def train_stage(folder: RunFolder, stage: str, out: Path, trained: tuple[dict, float] | None = None) -> dict:
@@ -75,6 +113,7 @@ def train_stage(folder: RunFolder, stage: str, out: Path, trained: tuple[dict, f
     for name in ("nemo", "metrics.jsonl", "tensorboard"):
         if (work / name).exists():
             shutil.move(str(work / name), str(out / name))
+    (work / TRAINED).unlink(missing_ok=True)  # its export has moved: a rerun of this stage trains again
     export = nemo_to_hf(out / "nemo", out / "hf")
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     _plot(metrics, out / "loss.png", "distillation" if teacher else "LM training")
@@ -87,6 +126,8 @@ def train_stage(folder: RunFolder, stage: str, out: Path, trained: tuple[dict, f
                "tokens_per_second": sum(m["tokens_per_second"] for m in last.values()) / len(last),
                "checkpoints": str(work / "checkpoints"), "export_seconds": export["seconds"],
                "precision": result["precision"]}
+    if result.get("trained_with"):  # its time is counted in that stage's seconds_this_run
+        summary["trained_with"] = result["trained_with"]
     summary["teacher_model"] = folder.teacher_model(stage) if teacher else None
     if stage_kind(stage) == "distill":
         summary["student"] = student_of(stage)
@@ -104,19 +145,22 @@ def train_under_torchrun(folder: RunFolder) -> dict | None:
     names = [name for _, name in folder.planned() if is_training(name)]
     rank0 = int(os.environ["RANK"]) == 0
     for stage in names:
-        if folder.done(stage):
+        if folder.done(stage) or (folder.work_dir(stage) / TRAINED).is_file():
             continue
+        group = trained_together(folder, stage)
         start = time.perf_counter()
-        result = distributed.distributed_entry(train)(make_job(folder, stage))
-        # Export and the stage folder are rank 0's alone, in a world of one (loading the trained
-        # NeMo checkpoint is a collective); the other ranks wait for its summary, as the next
-        # stage reads it. If rank 0 fails, torchrun stops them.
+        results = distributed.distributed_entry(train_together)([make_job(folder, s) for s in group])
+        # Export and the stage folders are rank 0's alone, in a world of one (loading the trained
+        # NeMo checkpoint is a collective); the other ranks wait for the summaries, as the next
+        # stage reads them. If rank 0 fails, torchrun stops them.
         distributed.shutdown()
         if rank0:
-            trained = (result, time.perf_counter() - start)
+            seconds = time.perf_counter() - start
             with distributed.single_process():
-                folder.write_stage(stage, lambda tmp, s=stage: train_stage(folder, s, tmp, trained))
-        while not folder.done(stage):
+                for i, (s, result) in enumerate(zip(group, results)):
+                    trained = (result if i == 0 else {**result, "trained_with": group[0]}, seconds if i == 0 else 0.0)
+                    folder.write_stage(s, lambda tmp, s=s, t=trained: train_stage(folder, s, tmp, t))
+        while not all(folder.done(s) for s in group):
             time.sleep(1)
     return {"stages": names, "output": str(folder.root)} if rank0 else None
 
