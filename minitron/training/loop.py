@@ -188,6 +188,7 @@ def _my_rows(all_rows, step: int, cfg: TrainConfig) -> torch.Tensor:
 
 # ---- the loop -----------------------------------------------------------------------------------------
 def train(job: TrainJob) -> dict:
+    """Train one job (collective: every rank of its layout)."""
     return train_together([job])[0]
 
 
@@ -240,15 +241,11 @@ def train_together(jobs: list[TrainJob]) -> list[dict]:
     distilling = teacher is not None
     for step in range(start, stop):
         rows = _my_rows(train_rows, step, cfg)
-        for i, s in enumerate(students):
-            if shared:
-                shared.record() if i == 0 else shared.replay()
+        for s in _in_turn(students, shared):
             _train_step(s, rows, step, cfg, distilling)
         done = step + 1
         if done % cfg.eval_interval == 0 or done == cfg.steps:
-            for i, s in enumerate(students):
-                if shared:
-                    shared.record() if i == 0 else shared.replay()
+            for s in _in_turn(students, shared):
                 s.last_val = _validate(s.ddp, s.model, val_rows, cfg, distilling)
                 s.log.metrics.update({f"val_{k}": v for k, v in s.last_val.items()})
         if shared:
@@ -258,6 +255,17 @@ def train_together(jobs: list[TrainJob]) -> list[dict]:
             if done % cfg.save_interval == 0 or done == cfg.steps:
                 checkpoint.save(Path(s.job.output) / "checkpoints", s.model, s.opt, s.sched, done, cfg.keep_last)
     return [_finish(s, cfg, data_cfg, stop, teacher_val, precision) for s in students]
+
+
+def _in_turn(students: list[_Student], shared: TeacherLogits | None):
+    """The students in order, each over the same micro-batches; with a shared teacher the first one's pass
+    records the teacher logits and the others' passes replay them."""
+    for i, s in enumerate(students):
+        if shared and i == 0:
+            shared.record()
+        elif shared:
+            shared.replay()
+        yield s
 
 
 def _check_together(jobs: list[TrainJob]) -> None:
