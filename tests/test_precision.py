@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -49,6 +52,30 @@ def test_auto_is_fp32_without_native_bf16_and_explicit_bf16_warns_with_the_slowd
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # once per process, not on every model load
         precision.resolve("bfloat16", "cpu")
+
+
+@pytest.mark.parametrize("var, value", [("DNNL_MAX_CPU_ISA", "avx2"), ("ONEDNN_MAX_CPU_ISA", "AVX512_CORE")])
+def test_an_isa_limit_below_bf16_means_emulated_bf16(monkeypatch, var, value):
+    """`make demo CPU=avx2` runs the AVX2-only path on a newer CPU: auto must then choose fp32."""
+    precision.cpu_bf16_native.cache_clear()
+    monkeypatch.setenv(var, value)
+    try:
+        native, why = precision.cpu_bf16_native()
+        assert not native and f"{var}={value.upper()}" in why
+    finally:
+        precision.cpu_bf16_native.cache_clear()
+
+
+def test_pytorch_held_to_avx2_chooses_fp32(tmp_path):
+    """ATEN_CPU_CAPABILITY=avx2 (a real process, as `make demo CPU=avx2` starts it)."""
+    code = ("from minitron.runtime import precision; c = precision.resolve('auto', 'cpu'); "
+            "print(c.name, c.to_dict()['cpu_capability'])")
+    env = {k: v for k, v in os.environ.items() if "CPU_ISA" not in k}
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "ATEN_CPU_CAPABILITY": "avx2"},
+                         capture_output=True, text=True, check=True)
+    name, capability = out.stdout.split()
+    assert name == "fp32" and capability in ("AVX2", "DEFAULT")  # DEFAULT: a CPU without AVX2
+    assert "[precision] auto -> fp32" in out.stderr
 
 
 def test_measured_probe_compares_bf16_with_fp32():

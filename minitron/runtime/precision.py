@@ -13,6 +13,7 @@ slowdown. The choice and its reason go into every stage summary and the report (
 from __future__ import annotations
 
 import functools
+import os
 import platform
 import sys
 import time
@@ -70,6 +71,9 @@ def resolve(requested: str, device: torch.device | str | None = None) -> Precisi
 def cpu_bf16_native() -> tuple[bool, str]:
     """(does this CPU compute bf16 natively?, why we think so)."""
     cap = torch.backends.cpu.get_cpu_capability()
+    limited = _isa_limit(cap)
+    if limited:
+        return False, limited
     if torch.cpu._is_amx_tile_supported():
         return True, f"CPU has AMX ({cap}): native bf16"
     if torch.cpu._is_avx512_bf16_supported():
@@ -80,6 +84,26 @@ def cpu_bf16_native() -> tuple[bool, str]:
         return False, f"CPU capability {cap}, no AVX512-BF16 or AMX: bf16 is emulated"
     ratio = bf16_slowdown()  # an unknown kind of CPU: measure
     return ratio < 1.5, f"CPU capability {cap}: bf16 matmul measured {ratio:.1f}x the fp32 time"
+
+
+#: oneDNN ISA limits (DNNL_MAX_CPU_ISA / ONEDNN_MAX_CPU_ISA) below its first bf16 instructions.
+_ONEDNN_WITHOUT_BF16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE", "AVX512_CORE_VNNI"}
+
+
+def _isa_limit(cap: str) -> str:
+    """Why bf16 is emulated although the CPU may have it: the process was told to stay below it.
+
+    `make demo CPU=avx2` sets these on a newer CPU to run the AVX2-only path (oneDNN computes bf16
+    matmuls, PyTorch's own kernels the rest); a user may set them for the same reason.
+    """
+    for var in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        isa = os.environ.get(var, "").upper()
+        if isa in _ONEDNN_WITHOUT_BF16:
+            return f"{var}={isa} keeps oneDNN off the CPU's bf16 instructions: bf16 is emulated"
+    if platform.machine() in ("x86_64", "AMD64") and not cap.startswith("AVX512"):
+        # every x86 CPU with AVX512-BF16 or AMX reports AVX512 unless ATEN_CPU_CAPABILITY lowers it
+        return f"CPU capability {cap}: PyTorch runs without AVX512, so bf16 is emulated"
+    return ""
 
 
 @functools.lru_cache(maxsize=None)
