@@ -84,6 +84,57 @@ def test_resume_reproduces_the_uninterrupted_run(models, tmp_path):
     assert losses(tmp_path / "cut") == pytest.approx(losses(tmp_path / "full"), rel=1e-6)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_fused_cpu_adam_steps_like_the_per_tensor_loop(models, tmp_path, monkeypatch, precision):
+    """On CPU the loop switches Megatron's torch AdamW to its fused kernel: the same
+    updates as the per-tensor loop Megatron would run, to fp32 rounding."""
+    from minitron.training import loop
+
+    seen = []
+    real = loop._fused_adam_on_cpu
+    monkeypatch.setattr(loop, "_fused_adam_on_cpu", lambda opt: (real(opt), seen.append(opt))[0])
+    fused = train(make_job(models, tmp_path / "fused", steps=4, eval_interval=4, save_interval=2, precision=precision))
+    groups = [g for o in getattr(seen[0], "chained_optimizers", [seen[0]]) for g in o.optimizer.param_groups]
+    assert groups and all(g["fused"] and not g["foreach"] for g in groups)
+    monkeypatch.setattr(loop, "_fused_adam_on_cpu", lambda opt: None)
+    loop_ = train(make_job(models, tmp_path / "loop", steps=4, eval_interval=4, save_interval=2, precision=precision))
+    assert losses(tmp_path / "fused") == pytest.approx(losses(tmp_path / "loop"), rel=1e-5)
+    assert fused["validation"]["kd_loss"] == pytest.approx(loop_["validation"]["kd_loss"], rel=1e-5)
+
+
+def _hf_kl(student_hf, teacher_hf, rows) -> float:
+    """KL(teacher || student) per token, averaged, computed with transformers (independent of the loop)."""
+    import torch.nn.functional as F
+    from transformers import AutoModelForCausalLM
+
+    load = lambda d: AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()  # noqa: E731
+    with torch.no_grad():
+        s, t = load(student_hf)(rows[:, :-1]).logits, load(teacher_hf)(rows[:, :-1]).logits
+    return F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), reduction="none", log_target=True).sum(-1).mean().item()
+
+
+@pytest.mark.parametrize("lm_loss", [False, True])
+def test_reported_logit_kl_is_the_models_kl_where_the_lm_loss_is_computed(models, tmp_path, lm_loss):
+    """fp32: Megatron's cross entropy exponentiates the logits in place, and they are the tensor the logit KL reads.
+    Validation always computes the LM loss, training with kd.lm_loss too: both KLs must be the models' KL."""
+    from minitron.conversion.convert import nemo_to_hf
+    from minitron.conversion import nemo_checkpoint as nemo
+    from minitron.data import prepare, samples
+
+    job = make_job(models, tmp_path / "kd", steps=2, eval_interval=2, save_interval=2, micro_batch_size=8,
+                   kd=KDConfig(lm_loss=lm_loss))
+    result = train(job)
+    nemo_to_hf(tmp_path / "kd/nemo", tmp_path / "student_hf")
+    prepared = prepare(job.data, nemo.tokenizer_dir(job.student))
+    val = torch.stack(list(samples(prepared, "validation", 32, job.train.eval_samples)))
+    expected = _hf_kl(tmp_path / "student_hf", models / "teacher_hf", val)
+    assert result["validation"]["kd_loss"] == pytest.approx(expected, rel=1e-4)
+    if lm_loss:  # step 1's training KL: the untrained student on the first batch
+        first = torch.stack(list(samples(prepared, "train", 32, 16, seed=job.data.seed)))[:8]
+        step1 = json.loads((tmp_path / "kd/metrics.jsonl").read_text().splitlines()[0])["kd_loss"]
+        assert step1 == pytest.approx(_hf_kl(models / "student_hf", models / "teacher_hf", first), rel=1e-4)
+
+
 def test_kill_minus_9_then_resume(models, tmp_path):
     """A real SIGKILL between checkpoints; the restarted run's losses equal an uninterrupted run's."""
     reference = tmp_path / "reference"
@@ -203,7 +254,21 @@ def test_null_micro_batch_is_one_micro_batch_per_rank(models, tmp_path):
     assert TrainConfig(micro_batch_size=None, global_batch_size=16).micro_batch(data_parallel=4) == 4
 
 
+def test_fp32_on_cpu_trains_the_smaller_budget(models, tmp_path):
+    """fp32_cpu_steps: where bf16 is not native the run is the run of that many steps (schedule included)."""
+    small = train(make_job(models, tmp_path / "budget", steps=6, fp32_cpu_steps=3, eval_interval=3))
+    train(make_job(models, tmp_path / "three", steps=3, eval_interval=3))
+    assert losses(tmp_path / "budget") == losses(tmp_path / "three")
+    assert small["steps"] == 3 and small["tokens"] == 3 * 8 * 32 and (tmp_path / "budget/nemo").is_dir()
+    assert small["budget"] == "fp32 on CPU: 3 steps (fp32_cpu_steps) instead of 6, 24 sequences instead of 48"
+    cfg = TrainConfig(steps=6, warmup_steps=1, fp32_cpu_steps=3)
+    assert cfg.at_precision("bf16", "cpu").steps == cfg.at_precision("fp32", "cuda").steps == 6
+    assert cfg.budget_note("bf16", "cpu") is None and TrainConfig().budget_note("fp32", "cpu") is None
+    assert TrainConfig(steps=2, warmup_steps=1, fp32_cpu_steps=3).at_precision("fp32", "cpu").steps == 2
+
+
 @pytest.mark.parametrize("override, message", [
+    ({"fp32_cpu_steps": 10, "warmup_steps": 10}, r"fp32_cpu_steps=10 must be > warmup_steps=10"),
     ({"global_batch_size": 6, "micro_batch_size": 4}, "not a multiple of micro_batch_size"),
     ({"warmup_steps": 100, "steps": 100}, "warmup_steps"),
     ({"min_lr": 1.0}, "min_lr <= lr"),

@@ -135,7 +135,12 @@ def _training_table(stages: dict) -> list[str]:
                      _fmt(val.get("kd_loss"), 4)])
     header = ["stage", "teacher", "steps", "tokens", "precision", "wall (s)", "tok/s", "val LM loss before",
               "val LM loss after", "teacher val LM loss", "val KD loss"]
-    return _markdown_table(header, rows) if rows else ["(no training stage in this run)"]
+    if not rows:
+        return ["(no training stage in this run)"]
+    # A smaller token budget where bf16 is not native (fp32_cpu_steps): results are not comparable to bf16 runs'.
+    budgets = [f"* {name}: {s['budget']}" for name, s in stages.items() if is_training(name) and s.get("budget")]
+    return _markdown_table(header, rows) + (["", "Token budget reduced to fit the time on this hardware:", *budgets]
+                                            if budgets else [])
 
 
 def _teacher_correction_table(folder: RunFolder, stages: dict, results: dict) -> list[str]:
@@ -195,6 +200,9 @@ def _markdown(folder: RunFolder, stages: dict, results: dict, plots: list[str]) 
                   "strided windows (see `minitron/evaluation/perplexity.py`). Tasks: lm-evaluation-harness, "
                   "accuracy. Speed: PyTorch, largest batch measured; the ideal FLOP ratio is the speedup "
                   "that forward FLOPs per token alone predict.", ""]
+        if ev.get("budget"):  # eval.*.fp32_cpu_*: not comparable with runs on CPUs with native bf16
+            lines += ["Smaller measurements to fit the time on this hardware (fp32 on CPU): "
+                      + "; ".join(ev["budget"]) + ".", ""]
         lines += [f"* `{task}` skipped: {reason}" for task, reason in skip_reasons(results).items()]
         lines += ["", "## Speed", ""]
         lines += _speed_table(results)

@@ -18,6 +18,8 @@ import hashlib
 import json
 from pathlib import Path
 
+import torch
+
 from minitron.errors import MinitronError
 from minitron.evaluation import throughput as tp
 from minitron.evaluation.lm_eval_tasks import run_lm_eval
@@ -62,7 +64,9 @@ def named_model(spec: str, source: str) -> tuple[str, Path]:
 def run(folder: RunFolder, stage: str, out: Path) -> dict:
     recipe, work = folder.recipe, folder.work_dir(stage)
     models = run_models(folder)
-    cfg = recipe.eval
+    # Smaller measurements where they run in fp32 on a CPU (eval.*.fp32_cpu_*): the rest of this stage sees them.
+    cfg, budget = recipe.eval.at_precision(_fp32_cpu)
+    recipe = dataclasses.replace(recipe, eval=cfg)
     tokenizer_dir = next(iter(models.values()))
     tokens = _eval_tokens(recipe, tokenizer_dir)
     facts = {name: _model_facts(hf_dir) for name, hf_dir in models.items()}
@@ -84,7 +88,13 @@ def run(folder: RunFolder, stage: str, out: Path) -> dict:
     precision = {what: resolve_precision(dtype).to_dict() for what, dtype in
                  (("perplexity", cfg.dtype), ("lm_eval", cfg.lm_eval.dtype), ("throughput", cfg.throughput.dtype))}
     return {"models": results, "precision": precision, "perplexity_tokens": len(tokens),
-            "perplexity_text": cfg.perplexity.file or f"{recipe.data.source} [{cfg.perplexity.split}]"}
+            "perplexity_text": cfg.perplexity.file or f"{recipe.data.source} [{cfg.perplexity.split}]",
+            "budget": budget}
+
+
+def _fp32_cpu(dtype: str) -> bool:
+    """Does a measurement asking for `dtype` run in fp32 on a CPU here?"""
+    return not torch.cuda.is_available() and resolve_precision(dtype).name == "fp32"
 
 
 def _model_facts(hf_dir: Path) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal, Optional
 
@@ -54,6 +55,11 @@ class TrainConfig:
     precision: Literal["auto", "bf16", "fp32"] = doc(
         "auto", "bf16 compute with fp32 master weights, or fp32 throughout; auto: bf16 on GPUs and on CPUs that "
                 "compute it natively (AVX512-BF16, AMX, Arm BF16), fp32 on other CPUs (minitron/runtime/precision.py)")
+    fp32_cpu_steps: Optional[int] = doc(
+        None, "steps instead of `steps` where training runs in fp32 on a CPU (what auto chooses on CPUs without "
+              "native bf16, where a token costs 2-3x the bf16 time): a smaller token budget, so a CPU recipe fits its "
+              "time on every machine; the stage summary and the report say which budget ran. null: `steps` always "
+              "(so does a smaller `steps`)")
     seed: int = doc(1234, "seed for initialisation order, dropout and data order")
     log_interval: int = doc(1, "steps between log lines / TensorBoard points")
     eval_interval: int = doc(50, "steps between validations (and at the end)")
@@ -67,6 +73,21 @@ class TrainConfig:
         """Sequences per micro-batch on each of `data_parallel` ranks (resolving null)."""
         return self.micro_batch_size or max(1, self.global_batch_size // data_parallel)
 
+    def at_precision(self, precision: str, device_type: str) -> "TrainConfig":
+        """This config as it runs in `precision` on `device_type`: for fp32 on a CPU, `fp32_cpu_steps` replaces
+        `steps` where it is smaller (a run overridden to fewer steps keeps them)."""
+        if self.fp32_cpu_steps is None or precision != "fp32" or device_type != "cpu":
+            return self
+        return dataclasses.replace(self, steps=min(self.steps, self.fp32_cpu_steps))
+
+    def budget_note(self, precision: str, device_type: str) -> str | None:
+        """In words, when the budget differs from `steps` (the summary and the report carry it)."""
+        steps = self.at_precision(precision, device_type).steps
+        if steps == self.steps:
+            return None
+        return (f"fp32 on CPU: {steps} steps (fp32_cpu_steps) instead of {self.steps}, "
+                f"{steps * self.global_batch_size} sequences instead of {self.steps * self.global_batch_size}")
+
     def check(self) -> list[str]:
         problems = at_least_one(self, ("steps", "global_batch_size", "log_interval",
                                        "eval_interval", "eval_samples", "save_interval", "keep_last"))
@@ -79,4 +100,7 @@ class TrainConfig:
             problems.append("need 0 <= min_lr <= lr")
         if self.warmup_steps < 0 or self.warmup_steps >= self.steps:
             problems.append(f"warmup_steps={self.warmup_steps} must be in [0, steps)")
+        if self.fp32_cpu_steps is not None and not self.warmup_steps < self.fp32_cpu_steps:
+            problems.append(f"fp32_cpu_steps={self.fp32_cpu_steps} must be > warmup_steps={self.warmup_steps} "
+                            "(or null)")
         return problems

@@ -74,7 +74,22 @@ def _distillation_model(student, teacher, cfg: TrainConfig):
     model = mtd.convert(student, mode=[("kd_loss", {"teacher_model": teacher, "criterion": kd.criterion,
                                                     "loss_balancer": kd.loss_balancer})])
     adjust_distillation_model_for_mcore(model, kd)
+    _lm_loss_on_a_copy(model, skipped_in_training=not cfg.kd.lm_loss)
     return model
+
+
+def _lm_loss_on_a_copy(model, skipped_in_training: bool) -> None:
+    """Megatron's cross entropy subtracts the max and exponentiates its logits in place (its `.float()`
+    copies bf16 logits, not fp32 ones), and those logits are the very tensor Model Optimizer's hook keeps for
+    the logit KL. In fp32, wherever the student's LM loss is computed (validation; training with
+    kd.lm_loss) the KL would read exp(logits - max): give the LM loss a copy."""
+    own = model.compute_language_model_loss
+
+    def compute(labels, logits):
+        computed = not (skipped_in_training and model.training)  # Model Optimizer returns zeros otherwise
+        return own(labels, logits.clone() if computed and logits.dtype == torch.float32 else logits)
+
+    model.compute_language_model_loss = compute
 
 
 def _check_compatible(job: TrainJob, student_arch, teacher_arch) -> None:
@@ -103,6 +118,7 @@ def _wrap(model, cfg: TrainConfig, bf16: bool):
             adam_beta1=cfg.adam_beta1, adam_beta2=cfg.adam_beta2, adam_eps=cfg.adam_eps, clip_grad=cfg.clip_grad,
             use_distributed_optimizer=torch.cuda.is_available(), bf16=bf16,
             params_dtype=torch.bfloat16 if bf16 else torch.float32), [ddp])
+    _fused_adam_on_cpu(opt)
     sched = OptimizerParamScheduler(opt, init_lr=0.0, max_lr=cfg.lr, min_lr=cfg.min_lr,
                                     lr_warmup_steps=cfg.warmup_steps, lr_decay_steps=cfg.steps,
                                     lr_decay_style="cosine", start_wd=cfg.weight_decay, end_wd=cfg.weight_decay,
@@ -110,6 +126,19 @@ def _wrap(model, cfg: TrainConfig, bf16: bool):
     model.config.finalize_model_grads_func = finalize_model_grads
     model.config.no_sync_func = ddp.no_sync
     return ddp, opt, sched
+
+
+def _fused_adam_on_cpu(opt) -> None:
+    """Without Transformer Engine or Apex, Megatron builds torch's AdamW, whose CPU default is the
+    per-tensor loop (a dozen passes over every parameter and state); its fused CPU kernel does one.
+    Set again after loading a checkpoint (the saved param groups carry the flag)."""
+    if torch.cuda.is_available():
+        return
+    for chained in getattr(opt, "chained_optimizers", [opt]):
+        inner = chained.optimizer
+        if isinstance(inner, (torch.optim.Adam, torch.optim.AdamW)):
+            for group in inner.param_groups:
+                group.update(fused=True, foreach=False)
 
 
 # ---- one step ---------------------------------------------------------------------------------------
@@ -223,7 +252,9 @@ def train_together(jobs: list[TrainJob]) -> list[dict]:
     if not torch.cuda.is_available():
         host_memory.keep_freed_memory()
     distributed.initialize(first.tensor_parallel, first.pipeline_parallel, seed=cfg.seed)
-    cfg = _resolve_micro_batch(cfg)
+    precision = resolve_precision(cfg.precision, distributed.device())
+    budget_note = cfg.budget_note(precision.name, distributed.device().type)
+    cfg = _resolve_micro_batch(cfg.at_precision(precision.name, distributed.device().type))
     teacher = _load_teacher(first)
     prepared = prepare(data_cfg, nemo.tokenizer_dir(first.student))
     train_rows = samples(prepared, "train", data_cfg.seq_length, cfg.steps * cfg.global_batch_size, seed=data_cfg.seed)
@@ -232,7 +263,6 @@ def train_together(jobs: list[TrainJob]) -> list[dict]:
     if teacher is not None:
         teacher_val = lm_loss(teacher, [val_rows[i:i + cfg.micro_batch_size]
                                         for i in range(0, len(val_rows), cfg.micro_batch_size)])
-    precision = resolve_precision(cfg.precision, distributed.device())
     shared = TeacherLogits(teacher) if teacher is not None and len(jobs) > 1 else None
     students = [_start(job, cfg, teacher if shared is None or i == 0 else shared.stand_in(), precision, i)
                 for i, job in enumerate(jobs)]
@@ -254,7 +284,7 @@ def train_together(jobs: list[TrainJob]) -> list[dict]:
             s.log.flush_step()
             if done % cfg.save_interval == 0 or done == cfg.steps:
                 checkpoint.save(Path(s.job.output) / "checkpoints", s.model, s.opt, s.sched, done, cfg.keep_last)
-    return [_finish(s, cfg, data_cfg, stop, teacher_val, precision) for s in students]
+    return [dict(_finish(s, cfg, data_cfg, stop, teacher_val, precision), budget=budget_note) for s in students]
 
 
 def _in_turn(students: list[_Student], shared: TeacherLogits | None):
@@ -278,12 +308,18 @@ def _check_together(jobs: list[TrainJob]) -> None:
             raise MinitronError(f"{job.output}: students trained together need one teacher, data, training settings "
                                 f"and layout (distill them separately: distill.share_teacher=false)")
     if len(jobs) > 1 and first.pipeline_parallel > 1:
-        raise MinitronError("students share a teacher forward only at pipeline_parallel=1 "
-                            "(set distill.share_teacher=false)")
+        # Recipe.check says so before anything runs; job files written by hand meet it here.
+        raise MinitronError("distill.share_teacher needs pipeline_parallel 1 (the students replay the teacher's "
+                            "last-stage logits); set distill.share_teacher=false")
+
+
+def _resume_from(job: TrainJob) -> tuple[int, Path] | None:
+    """(step, folder) of the checkpoint `job` continues from, if any."""
+    return checkpoint.newest(Path(job.output) / "checkpoints") if job.train.resume == "auto" else None
 
 
 def _resume_step(job: TrainJob) -> int:
-    found = checkpoint.newest(Path(job.output) / "checkpoints") if job.train.resume == "auto" else None
+    found = _resume_from(job)
     return found[0] if found else 0
 
 
@@ -315,9 +351,10 @@ def _start(job: TrainJob, cfg: TrainConfig, teacher, precision, position: int) -
     model = _distillation_model(student, teacher, cfg) if teacher is not None else student
     ddp, opt, sched = _wrap(model, cfg, bf16=precision.name == "bf16")
     start_step = 0
-    found = checkpoint.newest(Path(job.output) / "checkpoints") if cfg.resume == "auto" else None
+    found = _resume_from(job)
     if found:
         start_step = checkpoint.load(found[1], model, opt, sched)
+        _fused_adam_on_cpu(opt)
         if distributed.is_rank0():
             print(f"resumed from {found[1]} (step {start_step})", flush=True)
     log = _Logger(Path(job.output), start_step, cfg, distributed.is_rank0(), position)

@@ -90,14 +90,16 @@ def _train(job: TrainJob, folder: RunFolder, stage: str) -> tuple[dict, float]:
             config.save(j, Path(j.output) / "job.json")
             files.append(str(Path(j.output) / "job.json"))
         results = run_module(nproc, "minitron.training.loop", files)
-    seconds = time.perf_counter() - start
-    _keep_results(jobs[1:], results[1:], group[0])
-    return results[0], seconds
+    trained = _as_trained(group, results, time.perf_counter() - start)
+    for j, (result, _) in zip(jobs[1:], trained[1:]):  # until their own stage folders are written
+        write_json_atomic(Path(j.output) / TRAINED, {"job": _job_key(j), "result": result})
+    return trained[0]
 
 
-def _keep_results(jobs: list[TrainJob], results: list[dict], trained_with: str) -> None:
-    for j, r in zip(jobs, results):
-        write_json_atomic(Path(j.output) / TRAINED, {"job": _job_key(j), "result": {**r, "trained_with": trained_with}})
+def _as_trained(group: list[str], results: list[dict], seconds: float) -> list[tuple[dict, float]]:
+    """(result, seconds) of each stage of a group trained together: the time counts once, in the first
+    stage's summary; the others name the stage they trained with."""
+    return [(r, seconds) if i == 0 else ({**r, "trained_with": group[0]}, 0.0) for i, r in enumerate(results)]
 
 
 def _job_key(job: TrainJob) -> dict:
@@ -125,7 +127,7 @@ def train_stage(folder: RunFolder, stage: str, out: Path, trained: tuple[dict, f
                "first_loss": last[steps[0]]["loss"], "final_loss": last[steps[-1]]["loss"],
                "tokens_per_second": sum(m["tokens_per_second"] for m in last.values()) / len(last),
                "checkpoints": str(work / "checkpoints"), "export_seconds": export["seconds"],
-               "precision": result["precision"]}
+               "precision": result["precision"], "budget": result.get("budget")}
     if result.get("trained_with"):  # its time is counted in that stage's seconds_this_run
         summary["trained_with"] = result["trained_with"]
     summary["teacher_model"] = folder.teacher_model(stage) if teacher else None
@@ -157,8 +159,7 @@ def train_under_torchrun(folder: RunFolder) -> dict | None:
         if rank0:
             seconds = time.perf_counter() - start
             with distributed.single_process():
-                for i, (s, result) in enumerate(zip(group, results)):
-                    trained = (result if i == 0 else {**result, "trained_with": group[0]}, seconds if i == 0 else 0.0)
+                for s, trained in zip(group, _as_trained(group, results, seconds)):
                     folder.write_stage(s, lambda tmp, s=s, t=trained: train_stage(folder, s, tmp, t))
         while not all(folder.done(s) for s in group):
             time.sleep(1)
