@@ -180,8 +180,8 @@ def main() -> None:
     from minitron.runtime.precision import hardware, resolve
 
     recipe, folder = prepare_run(out)
-    cfg = dataclasses.replace(recipe.distill.train_config(), steps=args.steps, fp32_cpu_steps=None, precision=args.precision,
-                              warmup_steps=1, eval_interval=10 ** 6, save_interval=10 ** 6)
+    cfg = dataclasses.replace(recipe.distill.train_config(), steps=args.steps, fp32_cpu_steps=None,
+                              precision=args.precision, warmup_steps=1, eval_interval=10 ** 6, save_interval=10 ** 6)
     precision = resolve(args.precision)
     teacher_hf, student_hf = folder.imported_teacher()["hf"], folder.summary("prune-width")["hf"]
     rows, val = train_rows(recipe, teacher_hf, cfg)

@@ -17,6 +17,7 @@ from minitron.conversion.convert import hf_to_nemo
 from minitron import config
 from minitron.data import DataConfig
 from minitron.errors import MinitronError
+from minitron.runtime.precision import fp32_on_cpu
 from minitron.training.config import KDConfig, TrainConfig
 from minitron.training.loop import TrainJob, train
 
@@ -262,9 +263,10 @@ def test_fp32_on_cpu_trains_the_smaller_budget(models, tmp_path):
     assert small["steps"] == 3 and small["tokens"] == 3 * 8 * 32 and (tmp_path / "budget/nemo").is_dir()
     assert small["budget"] == "fp32 on CPU: 3 steps (fp32_cpu_steps) instead of 6, 24 sequences instead of 48"
     cfg = TrainConfig(steps=6, warmup_steps=1, fp32_cpu_steps=3)
-    assert cfg.at_precision("bf16", "cpu").steps == cfg.at_precision("fp32", "cuda").steps == 6
-    assert cfg.budget_note("bf16", "cpu") is None and TrainConfig().budget_note("fp32", "cpu") is None
-    assert TrainConfig(steps=2, warmup_steps=1, fp32_cpu_steps=3).at_precision("fp32", "cpu").steps == 2
+    assert not fp32_on_cpu("bf16", "cpu") and not fp32_on_cpu("fp32", "cuda") and fp32_on_cpu("fp32", "cpu")
+    assert cfg.at_precision(False) == (cfg, None)  # bf16, or a GPU: steps
+    assert TrainConfig().at_precision(True)[1] is None
+    assert TrainConfig(steps=2, warmup_steps=1, fp32_cpu_steps=3).at_precision(True)[0].steps == 2
 
 
 @pytest.mark.parametrize("override, message", [

@@ -67,6 +67,12 @@ def resolve(requested: str, device: torch.device | str | None = None) -> Precisi
     return _announce(Precision(wanted, requested, f"asked for {wanted}; {why}"))
 
 
+def fp32_on_cpu(requested: str, device: torch.device | str | None = None) -> bool:
+    """Does `requested` compute in fp32 on a CPU here? (CPU recipes size their fp32_cpu_* budgets by it.)"""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return device.type == "cpu" and resolve(requested, device).name == "fp32"
+
+
 @functools.lru_cache(maxsize=None)
 def cpu_bf16_native() -> tuple[bool, str]:
     """(does this CPU compute bf16 natively?, why we think so)."""

@@ -18,8 +18,6 @@ import hashlib
 import json
 from pathlib import Path
 
-import torch
-
 from minitron.errors import MinitronError
 from minitron.evaluation import throughput as tp
 from minitron.evaluation.lm_eval_tasks import run_lm_eval
@@ -29,7 +27,7 @@ from minitron.pruning.report import parameter_breakdown
 from minitron.recipe import Recipe
 from minitron.run_folder import RunFolder
 from minitron.runtime.llama import LlamaArch
-from minitron.runtime.precision import resolve as resolve_precision
+from minitron.runtime.precision import fp32_on_cpu, resolve as resolve_precision
 
 
 def run_models(folder: RunFolder) -> dict[str, Path]:
@@ -65,7 +63,7 @@ def run(folder: RunFolder, stage: str, out: Path) -> dict:
     recipe, work = folder.recipe, folder.work_dir(stage)
     models = run_models(folder)
     # Smaller measurements where they run in fp32 on a CPU (eval.*.fp32_cpu_*): the rest of this stage sees them.
-    cfg, budget = recipe.eval.at_precision(_fp32_cpu)
+    cfg, budget = recipe.eval.at_precision(fp32_on_cpu)
     recipe = dataclasses.replace(recipe, eval=cfg)
     tokenizer_dir = next(iter(models.values()))
     tokens = _eval_tokens(recipe, tokenizer_dir)
@@ -90,11 +88,6 @@ def run(folder: RunFolder, stage: str, out: Path) -> dict:
     return {"models": results, "precision": precision, "perplexity_tokens": len(tokens),
             "perplexity_text": cfg.perplexity.file or f"{recipe.data.source} [{cfg.perplexity.split}]",
             "budget": budget}
-
-
-def _fp32_cpu(dtype: str) -> bool:
-    """Does a measurement asking for `dtype` run in fp32 on a CPU here?"""
-    return not torch.cuda.is_available() and resolve_precision(dtype).name == "fp32"
 
 
 def _model_facts(hf_dir: Path) -> dict:

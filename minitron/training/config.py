@@ -73,20 +73,16 @@ class TrainConfig:
         """Sequences per micro-batch on each of `data_parallel` ranks (resolving null)."""
         return self.micro_batch_size or max(1, self.global_batch_size // data_parallel)
 
-    def at_precision(self, precision: str, device_type: str) -> "TrainConfig":
-        """This config as it runs in `precision` on `device_type`: for fp32 on a CPU, `fp32_cpu_steps` replaces
-        `steps` where it is smaller (a run overridden to fewer steps keeps them)."""
-        if self.fp32_cpu_steps is None or precision != "fp32" or device_type != "cpu":
-            return self
-        return dataclasses.replace(self, steps=min(self.steps, self.fp32_cpu_steps))
-
-    def budget_note(self, precision: str, device_type: str) -> str | None:
-        """In words, when the budget differs from `steps` (the summary and the report carry it)."""
-        steps = self.at_precision(precision, device_type).steps
-        if steps == self.steps:
-            return None
-        return (f"fp32 on CPU: {steps} steps (fp32_cpu_steps) instead of {self.steps}, "
-                f"{steps * self.global_batch_size} sequences instead of {self.steps * self.global_batch_size}")
+    def at_precision(self, fp32_cpu: bool) -> tuple["TrainConfig", str | None]:
+        """This config as it runs here, and the change in words (None: none). When training computes in
+        fp32 on a CPU, `fp32_cpu_steps` replaces `steps` where it is smaller (a run overridden to fewer
+        steps keeps them)."""
+        if not fp32_cpu or self.fp32_cpu_steps is None or self.fp32_cpu_steps >= self.steps:
+            return self, None
+        steps = self.fp32_cpu_steps
+        return dataclasses.replace(self, steps=steps), (
+            f"fp32 on CPU: {steps} steps (fp32_cpu_steps) instead of {self.steps}, "
+            f"{steps * self.global_batch_size} sequences instead of {self.steps * self.global_batch_size}")
 
     def check(self) -> list[str]:
         problems = at_least_one(self, ("steps", "global_batch_size", "log_interval",

@@ -38,7 +38,7 @@ from minitron.errors import MinitronError
 from minitron.runtime import cpu_compat, distributed, host_memory
 from minitron.runtime.inference import lm_loss, position_ids
 from minitron.runtime.launch import job_main
-from minitron.runtime.precision import resolve as resolve_precision
+from minitron.runtime.precision import fp32_on_cpu, resolve as resolve_precision
 from minitron.training import checkpoint
 from minitron.training.config import TrainConfig
 from minitron.training.kd_loss import ChunkedLogitsKLLoss
@@ -118,7 +118,6 @@ def _wrap(model, cfg: TrainConfig, bf16: bool):
             adam_beta1=cfg.adam_beta1, adam_beta2=cfg.adam_beta2, adam_eps=cfg.adam_eps, clip_grad=cfg.clip_grad,
             use_distributed_optimizer=torch.cuda.is_available(), bf16=bf16,
             params_dtype=torch.bfloat16 if bf16 else torch.float32), [ddp])
-    _fused_adam_on_cpu(opt)
     sched = OptimizerParamScheduler(opt, init_lr=0.0, max_lr=cfg.lr, min_lr=cfg.min_lr,
                                     lr_warmup_steps=cfg.warmup_steps, lr_decay_steps=cfg.steps,
                                     lr_decay_style="cosine", start_wd=cfg.weight_decay, end_wd=cfg.weight_decay,
@@ -130,8 +129,7 @@ def _wrap(model, cfg: TrainConfig, bf16: bool):
 
 def _fused_adam_on_cpu(opt) -> None:
     """Without Transformer Engine or Apex, Megatron builds torch's AdamW, whose CPU default is the
-    per-tensor loop (a dozen passes over every parameter and state); its fused CPU kernel does one.
-    Set again after loading a checkpoint (the saved param groups carry the flag)."""
+    per-tensor loop (a dozen passes over every parameter and state); its fused CPU kernel does one."""
     if torch.cuda.is_available():
         return
     for chained in getattr(opt, "chained_optimizers", [opt]):
@@ -253,8 +251,8 @@ def train_together(jobs: list[TrainJob]) -> list[dict]:
         host_memory.keep_freed_memory()
     distributed.initialize(first.tensor_parallel, first.pipeline_parallel, seed=cfg.seed)
     precision = resolve_precision(cfg.precision, distributed.device())
-    budget_note = cfg.budget_note(precision.name, distributed.device().type)
-    cfg = _resolve_micro_batch(cfg.at_precision(precision.name, distributed.device().type))
+    cfg, budget_note = cfg.at_precision(fp32_on_cpu(cfg.precision, distributed.device()))
+    cfg = _resolve_micro_batch(cfg)
     teacher = _load_teacher(first)
     prepared = prepare(data_cfg, nemo.tokenizer_dir(first.student))
     train_rows = samples(prepared, "train", data_cfg.seq_length, cfg.steps * cfg.global_batch_size, seed=data_cfg.seed)
@@ -354,9 +352,9 @@ def _start(job: TrainJob, cfg: TrainConfig, teacher, precision, position: int) -
     found = _resume_from(job)
     if found:
         start_step = checkpoint.load(found[1], model, opt, sched)
-        _fused_adam_on_cpu(opt)
         if distributed.is_rank0():
             print(f"resumed from {found[1]} (step {start_step})", flush=True)
+    _fused_adam_on_cpu(opt)  # after loading: a checkpoint's param groups would bring their own flags
     log = _Logger(Path(job.output), start_step, cfg, distributed.is_rank0(), position)
     return _Student(job, arch, model, ddp, opt, sched, start_step, log)
 
