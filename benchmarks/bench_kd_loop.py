@@ -13,7 +13,8 @@ clipping and loss (forward KL at temperature 1, mean over tokens):
 * **plain**: `transformers.LlamaForCausalLM` teacher and student, `torch.optim.AdamW`,
   `torch.autocast` for bf16, `F.kl_div` on the full logits: what one would write by hand.
 
-Printed: tokens/s of both (steps after the first, which includes warm-up), their ratio, the fraction
+Printed: tokens/s of both (steps after the first, which includes warm-up; its time is printed too),
+their ratio, the fraction
 of this machine's measured matmul peak each reaches (model FLOPs: 6 x student + 2 x teacher
 parameters per token, the output layer included, plus attention), and the held-out LM loss of both
 trained students on the same validation rows (HF model, fp32). The CPU capability and the chosen
@@ -93,7 +94,8 @@ def minitron_loop(recipe, folder, cfg, work: Path) -> dict:
     seconds = sum(m["seconds"] for m in metrics)
     tokens = len(metrics) * cfg.global_batch_size * recipe.data.seq_length
     nemo_to_hf(work / "minitron/nemo", work / "minitron/hf")
-    return {"tokens_per_second": tokens / seconds, "hf": work / "minitron/hf",
+    first = json.loads((work / "minitron/metrics.jsonl").read_text().splitlines()[0])["seconds"]
+    return {"tokens_per_second": tokens / seconds, "hf": work / "minitron/hf", "first_step_seconds": first,
             "losses": [m["loss"] for m in metrics]}
 
 
@@ -141,7 +143,8 @@ def plain_loop(teacher_hf, student_hf, rows, cfg, bf16: bool, work: Path) -> dic
         print(f"  plain step {step + 1}/{cfg.steps}: loss {total:.4f}, {times[-1]:.1f} s", flush=True)
     student.save_pretrained(work / "plain/hf")
     tokens = (cfg.steps - 1) * cfg.global_batch_size * (rows[0].numel() - 1)
-    return {"tokens_per_second": tokens / sum(times[1:]), "hf": work / "plain/hf", "losses": losses[1:]}
+    return {"tokens_per_second": tokens / sum(times[1:]), "hf": work / "plain/hf", "first_step_seconds": times[0],
+            "losses": losses[1:]}
 
 
 def _lr(step: int, cfg) -> float:
@@ -196,17 +199,18 @@ def main() -> None:
                "plain": plain_loop(teacher_hf, student_hf, rows, cfg, precision.name == "bf16", work)}
     table = {}
     for name, r in results.items():
-        table[name] = {"tokens_per_second": round(r["tokens_per_second"], 1),
+        table[name] = {"tokens_per_second": round(r["tokens_per_second"], 1), "first_step_seconds": r["first_step_seconds"],
                        "fraction_of_peak": r["tokens_per_second"] * step_flops / (peak * 1e9),
                        "heldout_lm_loss": heldout_loss(r["hf"], val), "train_losses": r["losses"]}
     ratio = table["minitron"]["tokens_per_second"] / table["plain"]["tokens_per_second"]
     print(f"\nKD, SmolLM2 teacher -> pruned width student, {cfg.steps} steps x {cfg.global_batch_size} x {seq} tokens "
           f"(micro-batch {cfg.micro_batch(1)}), precision {precision.name}, CPU {hardware()['cpu_capability']}, "
           f"{torch.get_num_threads()} threads; matmul peak {peak:.0f} GFLOP/s ({precision.name}, 2048^3)")
-    print(f"{'loop':<10} {'tokens/s':>9} {'of peak':>8} {'held-out LM loss':>17}")
+    print(f"{'loop':<10} {'tokens/s':>9} {'of peak':>8} {'held-out LM loss':>17} {'first step (untimed)':>21}")
     for name, row in table.items():
         print(f"{name:<10} {row['tokens_per_second']:>9.1f} {100 * row['fraction_of_peak']:>7.1f}% "
-              f"{row['heldout_lm_loss']:>17.4f}")
+              f"{row['heldout_lm_loss']:>17.4f} {row['first_step_seconds']:>20.1f}s")
+    print(f"minitron loop: kd.chunk_tokens={cfg.kd.chunk_tokens}")
     print(f"minitron / plain: {ratio:.2f}x")
     summary = {"precision": precision.to_dict(), "matmul_peak_gflops": peak, "step_flops_per_token": step_flops,
                "steps": cfg.steps, "ratio": ratio, "loops": table}

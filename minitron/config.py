@@ -171,8 +171,18 @@ def _coerce(tp, value, key, problems):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        tp = next(a for a in args if a is not type(None))
-        return _coerce(tp, value, key, problems)
+        options = [a for a in args if a is not type(None)]
+        for option in options:  # the first type the value fits (e.g. int | Literal["auto"])
+            trial: list[str] = []
+            coerced = _coerce(option, value, key, trial)
+            if not trial:
+                return coerced
+        if len(options) == 1:
+            problems.extend(trial)
+        else:
+            allowed = " or ".join(_describe(a) for a in options) + (" or null" if type(None) in args else "")
+            problems.append(f"{key}={value!r} must be {allowed}")
+        return value
     if origin is typing.Literal:
         if value not in typing.get_args(tp):
             problems.append(f"{key}={value!r} must be one of {list(typing.get_args(tp))}")
@@ -193,6 +203,12 @@ def _coerce(tp, value, key, problems):
     if tp in (int, float, str, bool) and not (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
         problems.append(f"{key}={value!r} must be {tp.__name__}")
     return value
+
+
+def _describe(tp) -> str:
+    if typing.get_origin(tp) is typing.Literal:
+        return " or ".join(repr(v) for v in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp))
 
 
 def _suggest(key, fields) -> str:

@@ -16,7 +16,7 @@ from minitron.errors import MinitronError
 from minitron.recipe import Recipe
 from minitron.runtime import precision
 from minitron.training.config import TrainConfig
-from minitron.training.kd_loss import chunked_forward_kl
+from minitron.training.kd_loss import chunk_tokens_for, chunked_forward_kl
 
 
 @pytest.fixture
@@ -109,7 +109,7 @@ def _reference_kl(student, teacher, temperature):
     return F.kl_div(p, q, reduction="none", log_target=True).sum(-1)
 
 
-@pytest.mark.parametrize("temperature, chunk", [(1.0, 16), (2.0, 5), (1.0, 1000)])
+@pytest.mark.parametrize("temperature, chunk", [(1.0, 16), (2.0, 5), (1.0, 1000), (1.0, None), (0.5, 1)])
 def test_chunked_kl_equals_the_unchunked_loss_and_gradient(temperature, chunk):
     torch.manual_seed(0)
     student = (torch.randn(2, 37, 3001) * 4).requires_grad_()
@@ -125,3 +125,8 @@ def test_chunked_kl_equals_the_unchunked_loss_and_gradient(temperature, chunk):
     with torch.no_grad():  # validation: the loss alone
         torch.testing.assert_close(chunked_forward_kl(student, teacher, temperature, chunk), ref.detach(),
                                    rtol=2e-5, atol=1e-5)
+
+
+def test_auto_chunks_are_sized_from_the_vocabulary_and_device():
+    assert chunk_tokens_for(49152, torch.device("cpu")) == 42 and chunk_tokens_for(128256, torch.device("cpu")) == 16
+    assert chunk_tokens_for(128256, torch.device("cuda")) == 523 and chunk_tokens_for(10 ** 7, torch.device("cpu")) == 1

@@ -267,18 +267,30 @@ def test_fp32_on_cpu_trains_the_smaller_budget(models, tmp_path):
     assert cfg.at_precision(False) == (cfg, None)  # bf16, or a GPU: steps
     assert TrainConfig().at_precision(True)[1] is None
     assert TrainConfig(steps=2, warmup_steps=1, fp32_cpu_steps=3).at_precision(True)[0].steps == 2
+    short, note = TrainConfig(steps=100, warmup_steps=10, fp32_cpu_steps=16).at_precision(True)
+    assert (short.steps, short.warmup_steps) == (16, 2) and note.endswith("warmup 2 steps instead of 10")
+    assert TrainConfig(steps=20, warmup_steps=2, fp32_cpu_steps=6).at_precision(True)[0].warmup_steps == 1
+    assert TrainConfig(steps=20, warmup_steps=0, fp32_cpu_steps=6).at_precision(True)[0].warmup_steps == 0
 
 
 @pytest.mark.parametrize("override, message", [
-    ({"fp32_cpu_steps": 10, "warmup_steps": 10}, r"fp32_cpu_steps=10 must be > warmup_steps=10"),
+    ({"fp32_cpu_steps": 0}, r"fp32_cpu_steps=0 must be >= 1 \(or null\)"),
     ({"global_batch_size": 6, "micro_batch_size": 4}, "not a multiple of micro_batch_size"),
     ({"warmup_steps": 100, "steps": 100}, "warmup_steps"),
     ({"min_lr": 1.0}, "min_lr <= lr"),
     ({"micro_batch_size": 0}, r"micro_batch_size=0 must be >= 1 \(or null\)"),
+    ({"kd": {"chunk_tokens": "all"}}, r"kd.chunk_tokens='all' must be int or 'auto' or null"),
+    ({"kd": {"chunk_tokens": 0}}, r"kd.chunk_tokens must be >= 1, auto or null"),
 ])
 def test_train_config_validation(override, message):
     with pytest.raises(MinitronError, match=message):
         config.build(TrainConfig, override)
+
+
+def test_chunk_tokens_takes_a_count_auto_or_null():
+    assert [config.build(TrainConfig, {"kd": {"chunk_tokens": v}}).kd.chunk_tokens for v in (7, "auto", None)] \
+        == [7, "auto", None]
+    assert TrainConfig().kd.chunk_tokens == "auto"
 
 
 @pytest.mark.torchrun
