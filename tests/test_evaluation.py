@@ -216,3 +216,15 @@ def test_eval_rejects_unknown_model_names(tiny_hf, tmp_path):
     recipe.eval.extra_models = ["fp8=/nonexistent"]
     with pytest.raises(MinitronError, match="NAME=HF_DIR"):
         run_models(RunFolder(recipe))
+
+
+def test_gap_closed_is_the_share_of_the_log_perplexity_gap():
+    from minitron.evaluation.report import gap_closed
+
+    ppl = lambda v: {"perplexity": {"perplexity": v}}  # noqa: E731
+    results = {"teacher": ppl(20.0), "teacher-corrected": ppl(10.0), "width-pruned": ppl(1000.0),
+               "width-distilled": ppl(100.0)}
+    assert gap_closed(results, "width-pruned", "width-distilled") == pytest.approx(0.5)  # corrected teacher
+    del results["teacher-corrected"]
+    assert gap_closed(results, "width-pruned", "width-distilled") == pytest.approx(2.302585 / 3.912023, rel=1e-5)
+    assert gap_closed(results, "depth-pruned", "depth-distilled") is None

@@ -268,7 +268,7 @@ def test_fp32_on_cpu_trains_the_smaller_budget(models, tmp_path):
     assert TrainConfig().at_precision(True)[1] is None
     assert TrainConfig(steps=2, warmup_steps=1, fp32_cpu_steps=3).at_precision(True)[0].steps == 2
     short, note = TrainConfig(steps=100, warmup_steps=10, fp32_cpu_steps=16).at_precision(True)
-    assert (short.steps, short.warmup_steps) == (16, 2) and note.endswith("warmup 2 steps instead of 10")
+    assert (short.steps, short.warmup_steps) == (16, 2) and note.endswith(", warmup_steps 2 instead of 10")
     assert TrainConfig(steps=20, warmup_steps=2, fp32_cpu_steps=6).at_precision(True)[0].warmup_steps == 1
     assert TrainConfig(steps=20, warmup_steps=0, fp32_cpu_steps=6).at_precision(True)[0].warmup_steps == 0
 

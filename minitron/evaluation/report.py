@@ -8,6 +8,7 @@ with the reason in a note, never filled in.
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -154,22 +155,39 @@ def _teacher_correction_table(folder: RunFolder, stages: dict, results: dict) ->
     rows = []
     for model in ("teacher", "teacher-corrected"):
         r = results.get(model, {})
-        rows.append([f"**{model}**", _fmt(teacher_loss.get(model), 4), _fmt((r.get("perplexity") or {}).get("perplexity")),
+        rows.append([f"**{model}**", _fmt(teacher_loss.get(model), 4), _fmt(_perplexity(results, model)), DASH,
                      *[task_scores(r).get(t, DASH) for t in tasks]])
     model_of = {stage: model for model, stage in folder.model_stages().items()}
     for name, s in stages.items():
         if stage_kind(name) != "distill":
             continue
-        model = model_of[name]
-        r = results.get(model, {})
+        model, r = model_of[name], results.get(model_of[name], {})
+        closed = gap_closed(results, f"{s.get('student')}-pruned", model)
         rows.append([f"{model} (from {s.get('teacher_model')})", _fmt((s.get("validation") or {}).get("lm_loss"), 4),
-                     _fmt((r.get("perplexity") or {}).get("perplexity")), *[task_scores(r).get(t, DASH) for t in tasks]])
+                     _fmt(_perplexity(results, model)), DASH if closed is None else f"{100 * closed:.1f}%",
+                     *[task_scores(r).get(t, DASH) for t in tasks]])
     tc = stages["teacher_correction"]
     return ["", "## Teacher correction", "",
             f"The teacher was fine-tuned on the distillation data ({_fmt(tc.get('tokens'))} tokens) before pruning; "
             "students are pruned from and distilled from the corrected teacher. A row marked `@teacher` is the same "
-            "pruned student distilled from the uncorrected teacher, at the same tokens (`distill.from_uncorrected_teacher`).",
-            "", *_markdown_table(["model", "val LM loss", "perplexity", *tasks], rows)]
+            "pruned student distilled from the uncorrected teacher, at the same tokens (`distill.from_uncorrected_teacher`). "
+            "Gap closed: the share of the pruned student's held-out log-perplexity gap to the corrected teacher that "
+            "distillation closed, (ln ppl pruned - ln ppl distilled) / (ln ppl pruned - ln ppl teacher-corrected).",
+            "", *_markdown_table(["model", "val LM loss", "perplexity", "gap closed", *tasks], rows)]
+
+
+def _perplexity(results: dict, model: str) -> float | None:
+    return ((results.get(model) or {}).get("perplexity") or {}).get("perplexity")
+
+
+def gap_closed(results: dict, pruned: str, distilled: str) -> float | None:
+    """Share of the pruned -> reference log-perplexity gap that distillation closed (reference: the corrected
+    teacher, else the teacher); None where a perplexity is missing."""
+    ref = _perplexity(results, "teacher-corrected") or _perplexity(results, "teacher")
+    before, after = _perplexity(results, pruned), _perplexity(results, distilled)
+    if None in (ref, before, after) or before <= ref:
+        return None
+    return (math.log(before) - math.log(after)) / (math.log(before) - math.log(ref))
 
 
 def _pruning_table(stages: dict) -> list[str]:

@@ -86,7 +86,7 @@ class TrainConfig:
         note = (f"fp32 on CPU: {steps} steps (fp32_cpu_steps) instead of {self.steps}, "
                 f"{steps * self.global_batch_size} sequences instead of {self.steps * self.global_batch_size}")
         if warmup != self.warmup_steps:
-            note += f", warmup {warmup} steps instead of {self.warmup_steps}"
+            note += f", warmup_steps {warmup} instead of {self.warmup_steps}"
         return dataclasses.replace(self, steps=steps, warmup_steps=warmup), note
 
     def check(self) -> list[str]:

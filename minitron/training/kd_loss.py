@@ -25,7 +25,7 @@ class _ChunkedForwardKL(torch.autograd.Function):
     """Per-token KL(teacher || student) of [n, vocab] logits, chunked over tokens.
 
     Forward computes each chunk's loss and its gradient in one go (the softmaxes the loss needs are
-    the gradient), in cache-sized pieces; backward only scales the stored gradient by the incoming one.
+    the gradient), chunk by chunk; backward only scales the stored gradient by the incoming one.
     """
 
     @staticmethod
