@@ -90,12 +90,11 @@ def minitron_loop(recipe, folder, cfg, work: Path) -> dict:
     job = TrainJob(student=folder.summary("prune-width")["nemo"], teacher=str(folder.teacher_nemo()),
                    output=str(work / "minitron"), data=recipe.data, train=cfg)
     train(job)
-    metrics = [json.loads(x) for x in (work / "minitron/metrics.jsonl").read_text().splitlines()][1:]
+    first, *metrics = [json.loads(x) for x in (work / "minitron/metrics.jsonl").read_text().splitlines()]
     seconds = sum(m["seconds"] for m in metrics)
     tokens = len(metrics) * cfg.global_batch_size * recipe.data.seq_length
     nemo_to_hf(work / "minitron/nemo", work / "minitron/hf")
-    first = json.loads((work / "minitron/metrics.jsonl").read_text().splitlines()[0])["seconds"]
-    return {"tokens_per_second": tokens / seconds, "hf": work / "minitron/hf", "first_step_seconds": first,
+    return {"tokens_per_second": tokens / seconds, "hf": work / "minitron/hf", "first_step_seconds": first["seconds"],
             "losses": [m["loss"] for m in metrics]}
 
 

@@ -74,10 +74,11 @@ def chunk_tokens_for(vocab_size: int, device: torch.device) -> int:
 
 
 def chunked_forward_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0,
-                       chunk: int | None = None) -> torch.Tensor:
+                       chunk: int | str = "auto") -> torch.Tensor:
     """KL(softmax(teacher/T) || softmax(student/T)) per position of [..., vocab] logits, shape [...]."""
     need_grad = torch.is_grad_enabled() and student.requires_grad  # validation: no gradient to compute
-    chunk = chunk or chunk_tokens_for(student.shape[-1], student.device)
+    if chunk == "auto":
+        chunk = chunk_tokens_for(student.shape[-1], student.device)
     flat = _ChunkedForwardKL.apply(student.reshape(-1, student.shape[-1]),
                                    teacher.detach().reshape(-1, teacher.shape[-1]), temperature, chunk, need_grad)
     return flat.view(student.shape[:-1])
@@ -87,7 +88,7 @@ class ChunkedLogitsKLLoss(LogitsKLLoss):
     """Drop-in for Model Optimizer's LogitsKLLoss (same inputs, same [b, s] output, same loss)."""
 
     def __init__(self, model_config, temperature: float = 1.0, reverse: bool = False,
-                 chunk_tokens: int | None = None):
+                 chunk_tokens: int | str = "auto"):
         super().__init__(model_config, temperature=temperature, reverse=reverse)
         self._chunk = chunk_tokens
 

@@ -69,8 +69,8 @@ def _distillation_model(student, teacher, cfg: TrainConfig):
     kd = setup_distillation_config(kd, student.config, teacher.config)
     logits = tuple(kd.logit_layers)
     if cfg.kd.chunk_tokens and cfg.kd.top_k is None and logits in kd.criterion:  # the last pipeline stage
-        chunk = None if cfg.kd.chunk_tokens == "auto" else cfg.kd.chunk_tokens  # None: sized from vocab and device
-        kd.criterion[logits] = ChunkedLogitsKLLoss(student.config, temperature=cfg.kd.temperature, chunk_tokens=chunk)
+        kd.criterion[logits] = ChunkedLogitsKLLoss(student.config, temperature=cfg.kd.temperature,
+                                                   chunk_tokens=cfg.kd.chunk_tokens)
     model = mtd.convert(student, mode=[("kd_loss", {"teacher_model": teacher, "criterion": kd.criterion,
                                                     "loss_balancer": kd.loss_balancer})])
     adjust_distillation_model_for_mcore(model, kd)
