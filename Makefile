@@ -57,11 +57,11 @@ help:
 
 # Idempotent: reinstalls only when the pins or the package metadata change.
 setup: $(VENV)/.installed
-$(VENV)/.installed: $(REQUIREMENTS) requirements/launch.txt pyproject.toml
+$(VENV)/.installed: $(REQUIREMENTS) requirements/launch.txt requirements/cpu-runtime.txt pyproject.toml
 	test -x $(PY) || $(PYTHON_BOOTSTRAP) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r $(REQUIREMENTS)
-	$(PY) -m pip install -q --no-deps -r requirements/launch.txt
+	$(PY) -m pip install -q --no-deps -r requirements/launch.txt -r requirements/cpu-runtime.txt
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 

@@ -160,6 +160,9 @@ def heldout(r, out: Path) -> dict:
 
 
 def main() -> None:
+    from minitron.runtime import cpu_runtime
+
+    cpu_runtime.use_tuned_runtime()  # as `minitron` runs: Intel OpenMP / tcmalloc where installed
     warnings.filterwarnings("ignore")
     parser = argparse.ArgumentParser()
     parser.add_argument("--output", type=Path, default=None)

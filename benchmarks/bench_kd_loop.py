@@ -17,8 +17,10 @@ Printed: tokens/s of both (steps after the first, which includes warm-up; its ti
 their ratio, the fraction
 of this machine's measured matmul peak each reaches (model FLOPs: 6 x student + 2 x teacher
 parameters per token, the output layer included, plus attention), and the held-out LM loss of both
-trained students on the same validation rows (HF model, fp32). The CPU capability and the chosen
-precision are printed with every number.
+trained students on the same validation rows (HF model, fp32). The CPU capability, the chosen
+precision, the OpenMP runtime and the allocator are printed with every number. Like `minitron`, the
+bench re-runs itself under Intel OpenMP and tcmalloc where installed (`minitron.runtime.cpu_runtime`),
+so both loops run under the same runtime; `MINITRON_CPU_RUNTIME=default` keeps PyTorch's own.
 """
 
 from __future__ import annotations
@@ -167,6 +169,9 @@ def heldout_loss(hf_dir, val) -> float:
 
 
 def main() -> None:
+    from minitron.runtime import cpu_runtime
+
+    cpu_runtime.use_tuned_runtime()  # as `minitron` runs: Intel OpenMP / tcmalloc where installed
     warnings.filterwarnings("ignore")
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, default=8, help="optimizer steps of each loop (the first is not timed)")
@@ -202,9 +207,11 @@ def main() -> None:
                        "fraction_of_peak": r["tokens_per_second"] * step_flops / (peak * 1e9),
                        "heldout_lm_loss": heldout_loss(r["hf"], val), "train_losses": r["losses"]}
     ratio = table["minitron"]["tokens_per_second"] / table["plain"]["tokens_per_second"]
+    hw = hardware()
     print(f"\nKD, SmolLM2 teacher -> pruned width student, {cfg.steps} steps x {cfg.global_batch_size} x {seq} tokens "
           f"(micro-batch {cfg.micro_batch(1)}), precision {precision.name}, CPU {hardware()['cpu_capability']}, "
-          f"{torch.get_num_threads()} threads; matmul peak {peak:.0f} GFLOP/s ({precision.name}, 2048^3)")
+          f"{torch.get_num_threads()} threads, OpenMP {hw['openmp']}, {hw['allocator']}; "
+          f"matmul peak {peak:.0f} GFLOP/s ({precision.name}, 2048^3)")
     print(f"{'loop':<10} {'tokens/s':>9} {'of peak':>8} {'held-out LM loss':>17} {'first step (untimed)':>21}")
     for name, row in table.items():
         print(f"{name:<10} {row['tokens_per_second']:>9.1f} {100 * row['fraction_of_peak']:>7.1f}% "

@@ -39,6 +39,7 @@ from minitron.deploy.config import DeployConfig
 from minitron.deploy.serving import client as serving_client
 from minitron.deploy.serving import server as serving_server
 from minitron.errors import MinitronError
+from minitron.runtime import cpu_runtime
 
 #: subcommand -> "module:function" that runs it.
 COMMANDS = {
@@ -60,6 +61,11 @@ COMMANDS = {
     "serve": "minitron.deploy.serving.server:serve",
     "query": "minitron.deploy.serving.client:query",
 }
+
+
+#: Subcommands that compute with torch on this machine: they run under the tuned CPU runtime (Intel OpenMP,
+#: tcmalloc) where it is installed. Serving keeps its own thread settings (deploy/serving/server.py).
+COMPUTE_COMMANDS = {"run", "prune", "distill", "teacher-correct", "eval", "verify", "export", "convert", "data"}
 
 
 def quiet_third_party_warnings() -> None:
@@ -183,5 +189,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The `minitron` command. A compute subcommand first re-runs itself once under the tuned CPU runtime
+    (`minitron.runtime.cpu_runtime`); `main` itself never does, so in-process callers are safe."""
+    if sys.argv[1:2] and sys.argv[1] in COMPUTE_COMMANDS:
+        cpu_runtime.use_tuned_runtime()
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

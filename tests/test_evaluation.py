@@ -168,6 +168,10 @@ def test_eval_and_report_stages_on_tiny_run(tiny_hf, tmp_path):
     report_dir = folder.stage_dir("report")
     text = (report_dir / "report.md").read_text()
     assert "| **teacher** |" in text and "| **depth-pruned** |" in text
+    from minitron.runtime import cpu_runtime
+
+    runtime = cpu_runtime.active()  # eval ran in this process: its OpenMP runtime and allocator
+    assert f"threads, OpenMP {runtime['openmp']}, {runtime['allocator']}, GPU" in text
     assert ("Smaller measurements to fit the time on this hardware (fp32 on CPU): perplexity over 600 tokens "
             "(eval.perplexity.fp32_cpu_max_tokens) instead of 1200.") in text
     for png in ("layer_importance.png", "params_quality_speed.png", "width_vs_depth.png"):

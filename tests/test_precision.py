@@ -37,6 +37,7 @@ def test_auto_follows_what_this_cpu_reports():
     assert choice.dtype == (torch.bfloat16 if native else torch.float32)
     record = choice.to_dict()
     assert record["requested"] == "auto" and record["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert record["openmp"] in ("intel (libiomp5)", "gnu (libgomp)")  # torch is loaded: its OpenMP is known
 
 
 def test_auto_is_bf16_on_gpus():

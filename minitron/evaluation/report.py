@@ -117,7 +117,8 @@ def _hardware(stages: dict) -> list[str]:
     if not choices:
         return []
     first = next(iter(choices.values()))
-    lines = [f"Hardware: CPU capability {first.get('cpu_capability')}, {first.get('cpu_threads')} threads, "
+    runtime = f", OpenMP {first['openmp']}, {first['allocator']}" if first.get("openmp") else ""
+    lines = [f"Hardware: CPU capability {first.get('cpu_capability')}, {first.get('cpu_threads')} threads{runtime}, "
              f"GPU {first.get('gpu') or 'none'}. Precision (`auto` follows the hardware):"]
     return lines + [f"* {name}: {p['precision']} (asked {p['requested']}: {p['reason']})" for name, p in choices.items()]
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from minitron.errors import MinitronError
+from minitron.runtime import cpu_runtime
 
 #: What a config may say, and what each means. Dtype names are accepted where configs used them before.
 ALIASES = {"auto": "auto", "bf16": "bf16", "bfloat16": "bf16", "fp32": "fp32", "float32": "fp32"}
@@ -129,9 +130,9 @@ def bf16_slowdown(n: int = 256, repeats: int = 3) -> float:
 
 
 def hardware() -> dict:
-    """What the report says about the machine: CPU capability, cores, GPU."""
+    """What the report says about the machine: CPU capability, cores, GPU, OpenMP runtime and allocator."""
     return {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_threads": torch.get_num_threads(),
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None, **cpu_runtime.active()}
 
 
 def _cpu_flags() -> set[str]:
