@@ -20,7 +20,9 @@ parameters per token, the output layer included, plus attention), and the held-o
 trained students on the same validation rows (HF model, fp32). The CPU capability, the chosen
 precision, the OpenMP runtime and the allocator are printed with every number. Like `minitron`, the
 bench re-runs itself under Intel OpenMP and tcmalloc where installed (`minitron.runtime.cpu_runtime`),
-so both loops run under the same runtime; `MINITRON_CPU_RUNTIME=default` keeps PyTorch's own.
+so both loops run under the same runtime; `MINITRON_CPU_RUNTIME=default` keeps PyTorch's own. A third
+row runs the plain loop once more the way a user runs their own script: in a fresh process with
+PyTorch's defaults (GNU OpenMP, glibc malloc untouched), the comparison a new user makes.
 """
 
 from __future__ import annotations
@@ -28,7 +30,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -168,6 +173,41 @@ def heldout_loss(hf_dir, val) -> float:
     return float(torch.stack(losses).mean())
 
 
+def setup(args):
+    """The run folder (import + prune-width), the loops' training settings, their token rows and held-out rows."""
+    import dataclasses
+
+    recipe, folder = prepare_run(args.output)
+    cfg = dataclasses.replace(recipe.distill.train_config(), steps=args.steps, fp32_cpu_steps=None,
+                              precision=args.precision, warmup_steps=1, eval_interval=10 ** 6, save_interval=10 ** 6)
+    teacher_hf, student_hf = folder.imported_teacher()["hf"], folder.summary("prune-width")["hf"]
+    rows, val = train_rows(recipe, teacher_hf, cfg)
+    return recipe, folder, cfg, teacher_hf, student_hf, rows, val
+
+
+def plain_in_own_process(args, work: Path) -> dict:
+    """The plain loop as a user runs their own script: a fresh process with PyTorch's defaults (GNU OpenMP,
+    glibc malloc as configured by default), not this process's runtime and allocator settings."""
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "KMP_BLOCKTIME")}
+    result = work / "plain_own_process.json"
+    subprocess.run([sys.executable, __file__, "--steps", str(args.steps), "--precision", args.precision,
+                    "--output", str(args.output), "--plain-only", str(result)],
+                   env={**env, "MINITRON_CPU_RUNTIME": "default"}, check=True)
+    return json.loads(result.read_text())
+
+
+def plain_only(args) -> None:
+    """Child of `plain_in_own_process`: the plain loop alone, its result as JSON."""
+    from minitron.runtime import cpu_runtime
+    from minitron.runtime.precision import resolve
+
+    recipe, folder, cfg, teacher_hf, student_hf, rows, val = setup(args)
+    work = args.plain_only.parent / "own_process"
+    r = plain_loop(teacher_hf, student_hf, rows, cfg, resolve(args.precision).name == "bf16", work)
+    args.plain_only.write_text(json.dumps({**r, "hf": str(r["hf"]), "heldout_lm_loss": heldout_loss(r["hf"], val),
+                                           **cpu_runtime.active()}))
+
+
 def main() -> None:
     from minitron.runtime import cpu_runtime
 
@@ -177,49 +217,51 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=8, help="optimizer steps of each loop (the first is not timed)")
     p.add_argument("--precision", default="auto", help="auto|bf16|fp32, for both loops")
     p.add_argument("--output", type=Path, default=None)
+    p.add_argument("--plain-only", type=Path, help=argparse.SUPPRESS)  # internal: see plain_in_own_process
     args = p.parse_args()
-    out = args.output or Path(tempfile.mkdtemp(prefix="bench_kd_loop-"))
-    import dataclasses
-
+    args.output = args.output or Path(tempfile.mkdtemp(prefix="bench_kd_loop-"))
+    if args.plain_only:
+        return plain_only(args)
     import torch
 
     from minitron.runtime.llama import LlamaArch
     from minitron.runtime.precision import hardware, resolve
 
-    recipe, folder = prepare_run(out)
-    cfg = dataclasses.replace(recipe.distill.train_config(), steps=args.steps, fp32_cpu_steps=None,
-                              precision=args.precision, warmup_steps=1, eval_interval=10 ** 6, save_interval=10 ** 6)
-    precision = resolve(args.precision)
-    teacher_hf, student_hf = folder.imported_teacher()["hf"], folder.summary("prune-width")["hf"]
-    rows, val = train_rows(recipe, teacher_hf, cfg)
+    recipe, folder, cfg, teacher_hf, student_hf, rows, val = setup(args)
+    out, precision = args.output, resolve(args.precision)
     work = out / "loops"
     shutil.rmtree(work, ignore_errors=True)
-    print(f"machine: {hardware()}; precision {precision.name} ({precision.reason})", flush=True)
+    hw = hardware()
+    print(f"machine: {hw}; precision {precision.name} ({precision.reason})", flush=True)
     peak = matmul_peak(precision.dtype)
     seq = recipe.data.seq_length
     step_flops = 3 * flops_per_token(LlamaArch.from_hf_dir(student_hf), seq) \
         + flops_per_token(LlamaArch.from_hf_dir(teacher_hf), seq)
     results = {"minitron": minitron_loop(recipe, folder, cfg, work),
                "plain": plain_loop(teacher_hf, student_hf, rows, cfg, precision.name == "bf16", work)}
-    table = {}
-    for name, r in results.items():
-        table[name] = {"tokens_per_second": round(r["tokens_per_second"], 1), "first_step_seconds": r["first_step_seconds"],
-                       "fraction_of_peak": r["tokens_per_second"] * step_flops / (peak * 1e9),
-                       "heldout_lm_loss": heldout_loss(r["hf"], val), "train_losses": r["losses"]}
+    table = {name: {"tokens_per_second": round(r["tokens_per_second"], 1), "first_step_seconds": r["first_step_seconds"],
+                    "heldout_lm_loss": heldout_loss(r["hf"], val), "train_losses": r["losses"]}
+             for name, r in results.items()}
+    own = plain_in_own_process(args, work)
+    table["plain, own process"] = {k: own[k] for k in ("tokens_per_second", "first_step_seconds", "heldout_lm_loss")} \
+        | {"train_losses": own["losses"], "openmp": own["openmp"], "allocator": own["allocator"]}
+    for row in table.values():
+        row["fraction_of_peak"] = row["tokens_per_second"] * step_flops / (peak * 1e9)
     ratio = table["minitron"]["tokens_per_second"] / table["plain"]["tokens_per_second"]
-    hw = hardware()
+    ratio_own = table["minitron"]["tokens_per_second"] / table["plain, own process"]["tokens_per_second"]
     print(f"\nKD, SmolLM2 teacher -> pruned width student, {cfg.steps} steps x {cfg.global_batch_size} x {seq} tokens "
-          f"(micro-batch {cfg.micro_batch(1)}), precision {precision.name}, CPU {hardware()['cpu_capability']}, "
-          f"{torch.get_num_threads()} threads, OpenMP {hw['openmp']}, {hw['allocator']}; "
-          f"matmul peak {peak:.0f} GFLOP/s ({precision.name}, 2048^3)")
-    print(f"{'loop':<10} {'tokens/s':>9} {'of peak':>8} {'held-out LM loss':>17} {'first step (untimed)':>21}")
+          f"(micro-batch {cfg.micro_batch(1)}), precision {precision.name}, CPU {hw['cpu_capability']}, "
+          f"{torch.get_num_threads()} threads; matmul peak {peak:.0f} GFLOP/s ({precision.name}, 2048^3)")
+    print(f"{'loop':<20} {'tokens/s':>9} {'of peak':>8} {'held-out LM loss':>17} {'first step (untimed)':>21}  runtime")
     for name, row in table.items():
-        print(f"{name:<10} {row['tokens_per_second']:>9.1f} {100 * row['fraction_of_peak']:>7.1f}% "
-              f"{row['heldout_lm_loss']:>17.4f} {row['first_step_seconds']:>20.1f}s")
+        runtime = f"OpenMP {row.get('openmp', hw['openmp'])}, {row.get('allocator', hw['allocator'])}"
+        print(f"{name:<20} {row['tokens_per_second']:>9.1f} {100 * row['fraction_of_peak']:>7.1f}% "
+              f"{row['heldout_lm_loss']:>17.4f} {row['first_step_seconds']:>20.1f}s  {runtime}")
     print(f"minitron loop: kd.chunk_tokens={cfg.kd.chunk_tokens}")
-    print(f"minitron / plain: {ratio:.2f}x")
+    print(f"minitron / plain (one process, same runtime): {ratio:.2f}x")
+    print(f"minitron / plain in its own process with PyTorch's defaults: {ratio_own:.2f}x")
     summary = {"precision": precision.to_dict(), "matmul_peak_gflops": peak, "step_flops_per_token": step_flops,
-               "steps": cfg.steps, "ratio": ratio, "loops": table}
+               "steps": cfg.steps, "ratio": ratio, "ratio_plain_own_process": ratio_own, "loops": table}
     (out / "bench_kd_loop.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"results: {out / 'bench_kd_loop.json'}")
 
