@@ -111,11 +111,12 @@ def test_cli_only_parses_and_dispatches():
 
     tree = ast.parse((REPO / "minitron/cli.py").read_text())
     functions = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
-    assert functions == {"quiet_third_party_warnings", "_recipe_command", "_deploy_command", "parser", "main"}
+    assert functions == {"quiet_third_party_warnings", "_recipe_command", "_deploy_command", "parser", "main", "entry"}
     nested_imports = [n for f in tree.body if isinstance(f, ast.FunctionDef)
                       for n in ast.walk(f) if isinstance(n, (ast.Import, ast.ImportFrom))]
     assert nested_imports == []
     parser = cli.parser()  # asserts that every subcommand has a COMMANDS entry
+    assert cli.COMPUTE_COMMANDS <= set(cli.COMMANDS)  # the ones re-run under the tuned CPU runtime exist
     assert parser is not None
     for command, target in cli.COMMANDS.items():
         module, function = target.split(":")
