@@ -23,6 +23,7 @@ def test_preloads_what_is_installed_and_keeps_an_existing_preload(cpu_host):
     env = cpu_runtime.tuned_environment({"LD_PRELOAD": "/opt/libother.so", "PATH": "/bin"})
     assert env["LD_PRELOAD"] == "libtcmalloc_minimal.so.4:/venv/lib/libiomp5.so:/opt/libother.so"
     assert env["KMP_BLOCKTIME"] == "1" and env["PATH"] == "/bin"
+    assert int(env["TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD"]) >= 2 ** 40  # no stderr line per 1 GB tensor
     assert cpu_runtime.tuned_environment({"KMP_BLOCKTIME": "200"})["KMP_BLOCKTIME"] == "200"  # the user's wins
 
 

@@ -4,7 +4,8 @@ A KD step on a small model is hundreds of short elementwise kernels (norms, rota
 residual adds, the chunked KL) between the matmuls, and each one starts and joins PyTorch's OpenMP
 thread team. With GNU OpenMP (libgomp, what PyTorch's wheels link) a bf16 KD step of the demo's
 width student took 3.2-3.4 s on 2 cores (AVX512/AMX); with Intel OpenMP preloaded 2.7 s, and with
-tcmalloc as well 2.4-2.5 s (`benchmarks/bench_kd_loop.py`, same tokens, same losses). It is what
+tcmalloc as well 2.4-2.5 s (timed inside the training loop; `make bench-kd-loop` and the demo give the same
+held-out losses under either runtime). It is what
 PyTorch's own CPU launcher does (``python -m torch.backends.xeon.run_cpu``: LD_PRELOAD of libiomp5 and
 tcmalloc, ``KMP_BLOCKTIME=1``); that launcher also pins cores and finds tcmalloc only as an unversioned
 ``libtcmalloc.so``, so the compute subcommands of ``minitron`` do the preload themselves: they re-run
@@ -70,6 +71,8 @@ def tuned_environment(environ: dict[str, str]) -> dict[str, str] | None:
     # Threads sleep 1 ms after their last task (Intel's default is 200 ms of spinning), as run_cpu sets it:
     # the serial Python between kernels then leaves the cores to the one thread that has work.
     env.setdefault("KMP_BLOCKTIME", "1")
+    if _tcmalloc() in libs:  # tcmalloc reports every allocation over 1 GB on stderr (a Llama embedding is one)
+        env.setdefault("TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD", str(2 ** 40))
     return env
 
 
