@@ -188,11 +188,12 @@ def setup(args):
 def plain_in_own_process(args, work: Path) -> dict:
     """The plain loop as a user runs their own script: a fresh process with PyTorch's defaults (GNU OpenMP,
     glibc malloc as configured by default), not this process's runtime and allocator settings."""
-    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "KMP_BLOCKTIME")}
+    from minitron.runtime import cpu_runtime
+
     result = work / "plain_own_process.json"
     subprocess.run([sys.executable, __file__, "--steps", str(args.steps), "--precision", args.precision,
                     "--output", str(args.output), "--plain-only", str(result)],
-                   env={**env, "MINITRON_CPU_RUNTIME": "default"}, check=True)
+                   env=cpu_runtime.pytorch_defaults(dict(os.environ)), check=True)
     return json.loads(result.read_text())
 
 

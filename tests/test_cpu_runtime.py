@@ -57,7 +57,7 @@ print(json.dumps({**cpu_runtime.active(), "result": y.tolist()}))
 
 
 def _probe(choice: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "KMP_BLOCKTIME")}
+    env = cpu_runtime.pytorch_defaults(dict(os.environ))  # then `choice` decides
     out = subprocess.run([sys.executable, "-c", PROBE], env={**env, "MINITRON_CPU_RUNTIME": choice},
                          capture_output=True, text=True, timeout=120, check=True)
     return json.loads(out.stdout)

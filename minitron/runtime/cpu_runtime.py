@@ -32,6 +32,8 @@ from pathlib import Path
 #: MINITRON_CPU_RUNTIME values: "auto" (the default) preloads what is found; "default" keeps PyTorch's own.
 CHOICES = ("auto", "default")
 _INTEL_OMP, _TCMALLOC = "libiomp5.so", ("tcmalloc_minimal", "tcmalloc")
+#: What `tuned_environment` sets (the user's own KMP_BLOCKTIME / report threshold win where given).
+_SET = ("LD_PRELOAD", "KMP_BLOCKTIME", "TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD")
 
 
 def _intel_openmp() -> str | None:
@@ -64,16 +66,22 @@ def tuned_environment(environ: dict[str, str]) -> dict[str, str] | None:
     preloaded = environ.get("LD_PRELOAD", "")
     if choice == "default" or platform.system() != "Linux" or _INTEL_OMP in preloaded or _gpu_host():
         return None
-    libs = [lib for lib in (_tcmalloc(), _intel_openmp()) if lib and lib not in preloaded]
+    tcmalloc = _tcmalloc()  # asks ldconfig: once
+    libs = [lib for lib in (tcmalloc, _intel_openmp()) if lib and lib not in preloaded]
     if not libs:
         return None
     env = dict(environ, LD_PRELOAD=":".join([*libs, *filter(None, [preloaded])]))
     # Threads sleep 1 ms after their last task (Intel's default is 200 ms of spinning), as run_cpu sets it:
     # the serial Python between kernels then leaves the cores to the one thread that has work.
     env.setdefault("KMP_BLOCKTIME", "1")
-    if _tcmalloc() in libs:  # tcmalloc reports every allocation over 1 GB on stderr (a Llama embedding is one)
+    if tcmalloc in libs:  # tcmalloc reports every allocation over 1 GB on stderr (a Llama embedding is one)
         env.setdefault("TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD", str(2 ** 40))
     return env
+
+
+def pytorch_defaults(environ: dict[str, str]) -> dict[str, str]:
+    """`environ` for a process that must run with PyTorch's own runtime (libgomp, glibc malloc)."""
+    return {**{k: v for k, v in environ.items() if k not in _SET}, "MINITRON_CPU_RUNTIME": "default"}
 
 
 def use_tuned_runtime() -> None:
