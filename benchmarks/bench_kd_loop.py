@@ -3,12 +3,12 @@
 Run: make bench-kd-loop   (or: .venv/bin/python benchmarks/bench_kd_loop.py [--steps N] [--precision auto|bf16|fp32])
 
 Both loops distil the demo's pruned SmolLM2 width student from its teacher (the import and
-prune-width stages of recipes/smollm2-135m_minitron_cpu.yaml run first, into --output), one after the
+prune stages of recipes/smollm2-135m_minitron_cpu.yaml run first, into --output), one after the
 other in this process, on exactly the same token rows (the recipe's packed train split, same order),
 with the same batch (global and micro), precision, AdamW settings, warmup + cosine schedule, gradient
 clipping and loss (forward KL at temperature 1, mean over tokens):
 
-* **minitron**: `minitron.training.loop.train` (Megatron-Core schedules, DDP and optimizer, Model
+* **minitron**: `minitron.training.loop.train_together` (Megatron-Core schedules, DDP and optimizer, Model
   Optimizer distillation, the chunked KL of `minitron.training.kd_loss`);
 * **plain**: `transformers.LlamaForCausalLM` teacher and student, `torch.optim.AdamW`,
   `torch.autocast` for bf16, `F.kl_div` on the full logits: what one would write by hand.
@@ -23,6 +23,11 @@ bench re-runs itself under Intel OpenMP and tcmalloc where installed (`minitron.
 so both loops run under the same runtime; `MINITRON_CPU_RUNTIME=default` keeps PyTorch's own. A third
 row runs the plain loop once more the way a user runs their own script: in a fresh process with
 PyTorch's defaults (GNU OpenMP, glibc malloc untouched), the comparison a new user makes.
+
+The second table is the demo's own workload: the width and the depth student distilled from one teacher.
+`minitron` trains them step by step on one teacher forward (`train_together`, as `distill.share_teacher`
+does); a plain loop, written for one student, runs once per student. Its tokens/s are student tokens (two
+per token of data); "of peak" counts the FLOPs each loop actually runs (one teacher pass or two).
 """
 
 from __future__ import annotations
@@ -68,12 +73,16 @@ def flops_per_token(arch, seq: int) -> float:
     return 2 * matmul_params + attention
 
 
+STUDENTS = ("width", "depth")   # the recipe's pruned students, distilled from one teacher in the demo
+
+
 def prepare_run(out: Path):
     from minitron import pipeline
     from minitron.recipe import load_recipe
     from minitron.run_folder import RunFolder
 
-    recipe = load_recipe(RECIPE, ["stages=[import, prune]", "prune.only=[width]"], output=str(out / "runs"))
+    recipe = load_recipe(RECIPE, ["stages=[import, prune]", f"prune.only=[{', '.join(STUDENTS)}]"],
+                         output=str(out / "runs"))
     pipeline.run(recipe)
     return recipe, RunFolder(recipe)
 
@@ -90,23 +99,30 @@ def train_rows(recipe, hf_dir, cfg):
     return rows, val
 
 
-def minitron_loop(recipe, folder, cfg, work: Path) -> dict:
+def minitron_loop(recipe, folder, cfg, work: Path, names: tuple[str, ...]) -> dict:
+    """The project's loop on the students `names` together (one teacher forward serves them all)."""
     from minitron.conversion.convert import nemo_to_hf
-    from minitron.training.loop import TrainJob, train
+    from minitron.training.loop import TrainJob, train_together
 
-    job = TrainJob(student=folder.summary("prune-width")["nemo"], teacher=str(folder.teacher_nemo()),
-                   output=str(work / "minitron"), data=recipe.data, train=cfg)
-    train(job)
-    first, *metrics = [json.loads(x) for x in (work / "minitron/metrics.jsonl").read_text().splitlines()]
-    seconds = sum(m["seconds"] for m in metrics)
-    tokens = len(metrics) * cfg.global_batch_size * recipe.data.seq_length
-    nemo_to_hf(work / "minitron/nemo", work / "minitron/hf")
-    return {"tokens_per_second": tokens / seconds, "hf": work / "minitron/hf", "first_step_seconds": first["seconds"],
-            "losses": [m["loss"] for m in metrics]}
+    out = work / ("minitron_" + "+".join(names))
+    jobs = [TrainJob(student=folder.summary(f"prune-{n}")["nemo"], teacher=str(folder.teacher_nemo()),
+                     output=str(out / n), data=recipe.data, train=cfg) for n in names]
+    train_together(jobs)
+    seconds = first_seconds = tokens = 0.0
+    result = {"hf": {}, "losses": {}}
+    for n in names:
+        # Each student's metrics time its own share of a step: the first one's includes the teacher forward.
+        first, *metrics = [json.loads(x) for x in (out / n / "metrics.jsonl").read_text().splitlines()]
+        seconds += sum(m["seconds"] for m in metrics)
+        first_seconds += first["seconds"]
+        tokens += len(metrics) * cfg.global_batch_size * recipe.data.seq_length
+        nemo_to_hf(out / n / "nemo", out / n / "hf")
+        result["hf"][n], result["losses"][n] = out / n / "hf", [m["loss"] for m in metrics]
+    return result | {"seconds": seconds, "tokens": tokens, "first_step_seconds": first_seconds}
 
 
-def plain_loop(teacher_hf, student_hf, rows, cfg, bf16: bool, work: Path) -> dict:
-    """Distillation as written by hand with transformers and PyTorch (the baseline)."""
+def plain_loop(teacher_hf, student_hf, rows, cfg, bf16: bool, out: Path) -> dict:
+    """Distillation as written by hand with transformers and PyTorch (the baseline), one student."""
     import torch
     import torch.nn.functional as F
     from transformers import AutoModelForCausalLM
@@ -147,10 +163,22 @@ def plain_loop(teacher_hf, student_hf, rows, cfg, bf16: bool, work: Path) -> dic
         times.append(time.perf_counter() - start)
         losses.append(total)
         print(f"  plain step {step + 1}/{cfg.steps}: loss {total:.4f}, {times[-1]:.1f} s", flush=True)
-    student.save_pretrained(work / "plain/hf")
-    tokens = (cfg.steps - 1) * cfg.global_batch_size * (rows[0].numel() - 1)
-    return {"tokens_per_second": tokens / sum(times[1:]), "hf": work / "plain/hf", "first_step_seconds": times[0],
-            "losses": losses[1:]}
+    student.save_pretrained(out)
+    return {"seconds": sum(times[1:]), "tokens": (cfg.steps - 1) * cfg.global_batch_size * (rows[0].numel() - 1),
+            "first_step_seconds": times[0], "hf": str(out), "losses": losses[1:]}
+
+
+def plain_students(teacher_hf, students_hf, names, rows, cfg, bf16: bool, work: Path) -> dict:
+    """The plain loop once per student, one after the other: {name: its result}."""
+    return {n: plain_loop(teacher_hf, students_hf[n], rows, cfg, bf16, work / f"plain/{n}") for n in names}
+
+
+def combined(runs: dict, names) -> dict:
+    """Student tokens/s, first-step time, HF dirs and losses of `names` run one after the other."""
+    picked = [runs[n] for n in names]
+    return {"seconds": sum(r["seconds"] for r in picked), "tokens": sum(r["tokens"] for r in picked),
+            "first_step_seconds": sum(r["first_step_seconds"] for r in picked),
+            "hf": {n: runs[n]["hf"] for n in names}, "losses": {n: runs[n]["losses"] for n in names}}
 
 
 def _lr(step: int, cfg) -> float:
@@ -174,15 +202,16 @@ def heldout_loss(hf_dir, val) -> float:
 
 
 def setup(args):
-    """The run folder (import + prune-width), the loops' training settings, their token rows and held-out rows."""
+    """The run folder (import + prune), the loops' training settings, their token rows and held-out rows."""
     import dataclasses
 
     recipe, folder = prepare_run(args.output)
     cfg = dataclasses.replace(recipe.distill.train_config(), steps=args.steps, fp32_cpu_steps=None,
                               precision=args.precision, warmup_steps=1, eval_interval=10 ** 6, save_interval=10 ** 6)
-    teacher_hf, student_hf = folder.imported_teacher()["hf"], folder.summary("prune-width")["hf"]
+    teacher_hf = folder.imported_teacher()["hf"]
+    students_hf = {n: folder.summary(f"prune-{n}")["hf"] for n in STUDENTS}
     rows, val = train_rows(recipe, teacher_hf, cfg)
-    return recipe, folder, cfg, teacher_hf, student_hf, rows, val
+    return recipe, folder, cfg, teacher_hf, students_hf, rows, val
 
 
 def plain_in_own_process(args, work: Path) -> dict:
@@ -198,15 +227,33 @@ def plain_in_own_process(args, work: Path) -> dict:
 
 
 def plain_only(args) -> None:
-    """Child of `plain_in_own_process`: the plain loop alone, its result as JSON."""
+    """Child of `plain_in_own_process`: the plain loop on every student, the results and runtime as JSON."""
     from minitron.runtime import cpu_runtime
     from minitron.runtime.precision import resolve
 
-    recipe, folder, cfg, teacher_hf, student_hf, rows, val = setup(args)
-    work = args.plain_only.parent / "own_process"
-    r = plain_loop(teacher_hf, student_hf, rows, cfg, resolve(args.precision).name == "bf16", work)
-    args.plain_only.write_text(json.dumps({**r, "hf": str(r["hf"]), "heldout_lm_loss": heldout_loss(r["hf"], val),
-                                           **cpu_runtime.active()}))
+    recipe, folder, cfg, teacher_hf, students_hf, rows, val = setup(args)
+    runs = plain_students(teacher_hf, students_hf, STUDENTS, rows, cfg, resolve(args.precision).name == "bf16",
+                          args.plain_only.parent / "own_process")
+    args.plain_only.write_text(json.dumps({"runs": runs, **cpu_runtime.active()}))
+
+
+def table_row(result: dict, val, runtime: dict, flops_per_token: float, peak: float) -> dict:
+    """One printed row: student tokens/s, share of the matmul peak, held-out loss per student."""
+    tokens_per_second = result["tokens"] / result["seconds"]
+    students = len(result["hf"])
+    return {"tokens_per_second": round(tokens_per_second, 1), "first_step_seconds": result["first_step_seconds"],
+            "fraction_of_peak": tokens_per_second / students * flops_per_token / (peak * 1e9),
+            "heldout_lm_loss": {n: heldout_loss(hf, val) for n, hf in result["hf"].items()},
+            "train_losses": result["losses"], **runtime}
+
+
+def print_table(title: str, table: dict) -> None:
+    print(f"\n{title}")
+    print(f"{'loop':<30} {'tokens/s':>9} {'of peak':>8} {'held-out LM loss':>22} {'first step':>11}  runtime")
+    for name, row in table.items():
+        heldout = " / ".join(f"{v:.4f}" for v in row["heldout_lm_loss"].values())
+        print(f"{name:<30} {row['tokens_per_second']:>9.1f} {100 * row['fraction_of_peak']:>7.1f}% {heldout:>22} "
+              f"{row['first_step_seconds']:>10.1f}s  OpenMP {row['openmp']}, {row['allocator']}")
 
 
 def main() -> None:
@@ -228,41 +275,54 @@ def main() -> None:
     from minitron.runtime.llama import LlamaArch
     from minitron.runtime.precision import hardware, resolve
 
-    recipe, folder, cfg, teacher_hf, student_hf, rows, val = setup(args)
+    recipe, folder, cfg, teacher_hf, students_hf, rows, val = setup(args)
     out, precision = args.output, resolve(args.precision)
     work = out / "loops"
     shutil.rmtree(work, ignore_errors=True)
     hw = hardware()
+    here = {"openmp": hw["openmp"], "allocator": hw["allocator"]}
     print(f"machine: {hw}; precision {precision.name} ({precision.reason})", flush=True)
     peak = matmul_peak(precision.dtype)
     seq = recipe.data.seq_length
-    step_flops = 3 * flops_per_token(LlamaArch.from_hf_dir(student_hf), seq) \
-        + flops_per_token(LlamaArch.from_hf_dir(teacher_hf), seq)
-    results = {"minitron": minitron_loop(recipe, folder, cfg, work),
-               "plain": plain_loop(teacher_hf, student_hf, rows, cfg, precision.name == "bf16", work)}
-    table = {name: {"tokens_per_second": round(r["tokens_per_second"], 1), "first_step_seconds": r["first_step_seconds"],
-                    "heldout_lm_loss": heldout_loss(r["hf"], val), "train_losses": r["losses"]}
-             for name, r in results.items()}
+    fwd = {n: flops_per_token(LlamaArch.from_hf_dir(hf), seq) for n, hf in students_hf.items()}
+    teacher_fwd = flops_per_token(LlamaArch.from_hf_dir(teacher_hf), seq)
+    one = STUDENTS[:1]
+    # FLOPs per token of data each loop runs: 3 x forward per student (forward + backward), teacher forwards.
+    flops = {"one": 3 * fwd[one[0]] + teacher_fwd, "shared": 3 * sum(fwd.values()) + teacher_fwd,
+             "apart": 3 * sum(fwd.values()) + len(STUDENTS) * teacher_fwd}
+
+    minitron_one = minitron_loop(recipe, folder, cfg, work, one)
+    minitron_shared = minitron_loop(recipe, folder, cfg, work, STUDENTS)
+    plain = plain_students(teacher_hf, students_hf, STUDENTS, rows, cfg, precision.name == "bf16", work)
     own = plain_in_own_process(args, work)
-    table["plain, own process"] = {k: own[k] for k in ("tokens_per_second", "first_step_seconds", "heldout_lm_loss")} \
-        | {"train_losses": own["losses"], "openmp": own["openmp"], "allocator": own["allocator"]}
-    for row in table.values():
-        row["fraction_of_peak"] = row["tokens_per_second"] * step_flops / (peak * 1e9)
-    ratio = table["minitron"]["tokens_per_second"] / table["plain"]["tokens_per_second"]
-    ratio_own = table["minitron"]["tokens_per_second"] / table["plain, own process"]["tokens_per_second"]
-    print(f"\nKD, SmolLM2 teacher -> pruned width student, {cfg.steps} steps x {cfg.global_batch_size} x {seq} tokens "
-          f"(micro-batch {cfg.micro_batch(1)}), precision {precision.name}, CPU {hw['cpu_capability']}, "
-          f"{torch.get_num_threads()} threads; matmul peak {peak:.0f} GFLOP/s ({precision.name}, 2048^3)")
-    print(f"{'loop':<20} {'tokens/s':>9} {'of peak':>8} {'held-out LM loss':>17} {'first step (untimed)':>21}  runtime")
-    for name, row in table.items():
-        runtime = f"OpenMP {row.get('openmp', hw['openmp'])}, {row.get('allocator', hw['allocator'])}"
-        print(f"{name:<20} {row['tokens_per_second']:>9.1f} {100 * row['fraction_of_peak']:>7.1f}% "
-              f"{row['heldout_lm_loss']:>17.4f} {row['first_step_seconds']:>20.1f}s  {runtime}")
-    print(f"minitron loop: kd.chunk_tokens={cfg.kd.chunk_tokens}")
-    print(f"minitron / plain (one process, same runtime): {ratio:.2f}x")
-    print(f"minitron / plain in its own process with PyTorch's defaults: {ratio_own:.2f}x")
-    summary = {"precision": precision.to_dict(), "matmul_peak_gflops": peak, "step_flops_per_token": step_flops,
-               "steps": cfg.steps, "ratio": ratio, "ratio_plain_own_process": ratio_own, "loops": table}
+    own_runtime = {"openmp": own["openmp"], "allocator": own["allocator"]}
+    single = {"minitron": table_row(minitron_one, val, here, flops["one"], peak),
+              "plain": table_row(combined(plain, one), val, here, flops["one"], peak),
+              "plain, own process": table_row(combined(own["runs"], one), val, own_runtime, flops["one"], peak)}
+    pair = {"minitron, one teacher pass": table_row(minitron_shared, val, here, flops["shared"], peak),
+            "plain, one after the other": table_row(combined(plain, STUDENTS), val, here, flops["apart"], peak),
+            "plain, own process": table_row(combined(own["runs"], STUDENTS), val, own_runtime, flops["apart"], peak)}
+
+    def ratios(table):
+        mine, *plains = (row["tokens_per_second"] for row in table.values())
+        return [mine / x for x in plains]
+
+    setting = (f"{cfg.steps} steps x {cfg.global_batch_size} x {seq} tokens (micro-batch {cfg.micro_batch(1)}), "
+               f"precision {precision.name}, CPU {hw['cpu_capability']}, {torch.get_num_threads()} threads; "
+               f"matmul peak {peak:.0f} GFLOP/s ({precision.name}, 2048^3); minitron kd.chunk_tokens={cfg.kd.chunk_tokens}")
+    print(f"\nKD from the SmolLM2 teacher: {setting}")
+    print_table(f"{one[0]} student", single)
+    same, apart = ratios(single)
+    print(f"minitron / plain: {same:.2f}x in one process (same runtime), {apart:.2f}x against the plain loop in its "
+          f"own process with PyTorch's defaults")
+    print_table(f"{' + '.join(STUDENTS)} students (tokens/s: student tokens)", pair)
+    same_pair, apart_pair = ratios(pair)
+    print(f"minitron / plain: {same_pair:.2f}x in one process (same runtime), {apart_pair:.2f}x against the plain "
+          f"loop in its own process with PyTorch's defaults")
+    summary = {"precision": precision.to_dict(), "hardware": hw, "matmul_peak_gflops": peak,
+               "flops_per_token": flops, "steps": cfg.steps, "ratio": same, "ratio_plain_own_process": apart,
+               "ratio_shared_teacher": same_pair, "ratio_shared_teacher_plain_own_process": apart_pair,
+               "loops": single, "loops_shared_teacher": pair}
     (out / "bench_kd_loop.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"results: {out / 'bench_kd_loop.json'}")
 
