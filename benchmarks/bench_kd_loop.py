@@ -17,7 +17,8 @@ Printed: tokens/s of both (steps after the first, which includes warm-up; its ti
 their ratio, the fraction
 of this machine's measured matmul peak each reaches (model FLOPs: 6 x student + 2 x teacher
 parameters per token, the output layer included, plus attention), and the held-out LM loss of both
-trained students on the same validation rows (HF model, fp32). The CPU capability, the chosen
+trained students on the same validation rows (HF model, fp32). The KD loss of the first step (before any
+update) shows that both loops compute the same objective: equal to rounding in fp32. The CPU capability, the chosen
 precision, the OpenMP runtime and the allocator are printed with every number. Like `minitron`, the
 bench re-runs itself under Intel OpenMP and tcmalloc where installed (`minitron.runtime.cpu_runtime`),
 so both loops run under the same runtime; `MINITRON_CPU_RUNTIME=default` keeps PyTorch's own. A third
@@ -109,7 +110,7 @@ def minitron_loop(recipe, folder, cfg, work: Path, names: tuple[str, ...]) -> di
                      output=str(out / n), data=recipe.data, train=cfg) for n in names]
     train_together(jobs)
     seconds = first_seconds = tokens = 0.0
-    result = {"hf": {}, "losses": {}}
+    result = {"hf": {}, "losses": {}, "first_loss": {}}
     for n in names:
         # Each student's metrics time its own share of a step: the first one's includes the teacher forward.
         first, *metrics = [json.loads(x) for x in (out / n / "metrics.jsonl").read_text().splitlines()]
@@ -118,6 +119,7 @@ def minitron_loop(recipe, folder, cfg, work: Path, names: tuple[str, ...]) -> di
         tokens += len(metrics) * cfg.global_batch_size * recipe.data.seq_length
         nemo_to_hf(out / n / "nemo", out / n / "hf")
         result["hf"][n], result["losses"][n] = out / n / "hf", [m["loss"] for m in metrics]
+        result["first_loss"][n] = first["loss"]
     return result | {"seconds": seconds, "tokens": tokens, "first_step_seconds": first_seconds}
 
 
@@ -165,7 +167,7 @@ def plain_loop(teacher_hf, student_hf, rows, cfg, bf16: bool, out: Path) -> dict
         print(f"  plain step {step + 1}/{cfg.steps}: loss {total:.4f}, {times[-1]:.1f} s", flush=True)
     student.save_pretrained(out)
     return {"seconds": sum(times[1:]), "tokens": (cfg.steps - 1) * cfg.global_batch_size * (rows[0].numel() - 1),
-            "first_step_seconds": times[0], "hf": str(out), "losses": losses[1:]}
+            "first_step_seconds": times[0], "hf": str(out), "losses": losses[1:], "first_loss": losses[0]}
 
 
 def plain_students(teacher_hf, students_hf, names, rows, cfg, bf16: bool, work: Path) -> dict:
@@ -178,7 +180,8 @@ def combined(runs: dict, names) -> dict:
     picked = [runs[n] for n in names]
     return {"seconds": sum(r["seconds"] for r in picked), "tokens": sum(r["tokens"] for r in picked),
             "first_step_seconds": sum(r["first_step_seconds"] for r in picked),
-            "hf": {n: runs[n]["hf"] for n in names}, "losses": {n: runs[n]["losses"] for n in names}}
+            "hf": {n: runs[n]["hf"] for n in names}, "losses": {n: runs[n]["losses"] for n in names},
+            "first_loss": {n: runs[n]["first_loss"] for n in names}}
 
 
 def _lr(step: int, cfg) -> float:
@@ -244,16 +247,18 @@ def table_row(result: dict, val, runtime: dict, flops_per_token: float, peak: fl
     return {"tokens_per_second": round(tokens_per_second, 1), "first_step_seconds": result["first_step_seconds"],
             "fraction_of_peak": tokens_per_second / students * flops_per_token / (peak * 1e9),
             "heldout_lm_loss": {n: heldout_loss(hf, val) for n, hf in result["hf"].items()},
+            "step1_kd_loss": result["first_loss"],
             "train_losses": result["losses"], **runtime}
 
 
 def print_table(title: str, table: dict) -> None:
     print(f"\n{title}")
-    print(f"{'loop':<30} {'tokens/s':>9} {'of peak':>8} {'held-out LM loss':>22} {'first step':>11}  runtime")
+    print(f"{'loop':<30} {'tokens/s':>9} {'of peak':>8} {'held-out LM loss':>22} {'step-1 KD loss':>20} "
+          f"{'first step':>11}  runtime")
     for name, row in table.items():
-        heldout = " / ".join(f"{v:.4f}" for v in row["heldout_lm_loss"].values())
+        heldout, step1 = (" / ".join(f"{v:.4f}" for v in row[k].values()) for k in ("heldout_lm_loss", "step1_kd_loss"))
         print(f"{name:<30} {row['tokens_per_second']:>9.1f} {100 * row['fraction_of_peak']:>7.1f}% {heldout:>22} "
-              f"{row['first_step_seconds']:>10.1f}s  OpenMP {row['openmp']}, {row['allocator']}")
+              f"{step1:>20} {row['first_step_seconds']:>10.1f}s  OpenMP {row['openmp']}, {row['allocator']}")
 
 
 def main() -> None:
