@@ -42,7 +42,7 @@ help:
 	@echo "make bench-conversion  time and peak memory of the SmolLM2 conversions"
 	@echo "make bench-data-prepare  minitron data prepare throughput with 1..N tokenizer processes"
 	@echo "make bench-pruning     activation vs baselines, calibration overhead, recipe wall time"
-	@echo "make bench-kd-loop     the KD loop vs a plain transformers + PyTorch KD loop: tokens/s, share of peak, held-out loss"
+	@echo "make bench-kd-loop     the KD loop vs a plain transformers + PyTorch KD loop (width student; width + depth on one teacher pass): tokens/s, share of peak, held-out loss"
 	@echo "make serve             PyTriton + OpenAI API on 127.0.0.1 (MODEL=dir, BACKEND=tensorrt_llm, SERVE_ARGS=...)"
 	@echo "make query             one chat request to the running server (PROMPT='...')"
 	@echo "make bench-serving     64 concurrent clients vs one at a time against the CPU server (SmolLM2)"
