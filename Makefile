@@ -28,7 +28,7 @@ export MKL_ENABLE_INSTRUCTIONS := AVX2
 export ATEN_CPU_CAPABILITY := avx2
 endif
 
-.PHONY: bench-data-prepare launch data-prepare docker-build docker-run nemo-env eval report export build-engine bench-fp8 bench-trtllm prune-width prune-depth prune distill teacher-correct bench-distill bench-kd-loop bench-pruning setup demo run test test-unit test-fast convert-hf-to-nemo convert-nemo-to-hf model bench-conversion clean help
+.PHONY: bench-data-prepare launch data-prepare docker-build docker-run nemo-env eval report export build-engine bench-fp8 bench-trtllm prune-width prune-depth prune distill teacher-correct bench-distill bench-kd-loop bench-kd-step bench-pruning setup demo run test test-unit test-fast convert-hf-to-nemo convert-nemo-to-hf model bench-conversion clean help
 
 help:
 	@echo "make demo            the whole pipeline on the embedded SmolLM2 on CPU (under 30 min on 2 cores), ending with its report (CPU=avx2: as an AVX2-only CPU)"
@@ -42,6 +42,7 @@ help:
 	@echo "make bench-conversion  time and peak memory of the SmolLM2 conversions"
 	@echo "make bench-data-prepare  minitron data prepare throughput with 1..N tokenizer processes"
 	@echo "make bench-pruning     activation vs baselines, calibration overhead, recipe wall time"
+	@echo "make bench-kd-step     one KD step, logit KL chunked vs unchunked, on random SmolLM2- or Llama-3.1-8B-shaped models: tokens/s, share of peak (MFU), peak memory (CPU or GPU)"
 	@echo "make bench-kd-loop     the KD loop vs a plain transformers + PyTorch KD loop (width student; width + depth on one teacher pass): tokens/s, share of peak, held-out loss"
 	@echo "make serve             PyTriton + OpenAI API on 127.0.0.1 (MODEL=dir, BACKEND=tensorrt_llm, SERVE_ARGS=...)"
 	@echo "make query             one chat request to the running server (PROMPT='...')"
@@ -124,6 +125,9 @@ bench-data-prepare: setup
 
 bench-kd-loop: setup
 	$(PY) benchmarks/bench_kd_loop.py $(ARGS)
+
+bench-kd-step: setup
+	$(PY) benchmarks/bench_kd_step.py $(ARGS)
 
 # Deployment (deploy/README.md): export the newest distilled student of the default recipe, else the
 # embedded SmolLM2. An existing export folder is reused; remove it (or set EXPORT_DIR) to redo it.

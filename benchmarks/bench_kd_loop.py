@@ -49,19 +49,24 @@ REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes/smollm2-135m_minitron_cpu.yaml"
 
 
-def matmul_peak(dtype, n: int = 2048, repeats: int = 3) -> float:
-    """Best GFLOP/s of an n^3 matmul in `dtype` on this machine."""
+def matmul_peak(dtype, n: int = 2048, repeats: int = 3, device: str = "cpu") -> float:
+    """Best GFLOP/s of an n^3 matmul in `dtype` on `device`."""
     import torch
 
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a, b = (torch.randn(n, n, dtype=dtype, device=device) for _ in range(2))
     a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    best = min(_timed(lambda: a @ b, device) for _ in range(repeats))
     return 2 * n ** 3 / best / 1e9
 
 
-def _timed(fn) -> float:
+def _timed(fn, device: str = "cpu") -> float:
+    import torch
+
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    sync()
     start = time.perf_counter()
     fn()
+    sync()
     return time.perf_counter() - start
 
 

@@ -51,15 +51,9 @@ def write_tiny_llama(path: Path, tied: bool = False, dtype=torch.float32, seed: 
 
 def byte_tokenizer():
     """A real 256-token byte-level tokenizer (no merges), so tiny models read real text."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from minitron.data.tokenizer import byte_level_tokenizer
 
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=sorted(alphabet)[2])
+    return byte_level_tokenizer()
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,19 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_m
                     "added_tokens.json", "vocab.json", "vocab.txt", "merges.txt", "tokenizer.model")
 
 
+def byte_level_tokenizer():
+    """A real 256-token byte-level tokenizer (no merges): reads any text, needs no download. For
+    random-weight models (tests, `benchmarks/bench_kd_step.py`), where no model's tokenizer exists."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tok = Tokenizer(models.BPE(vocab={ch: i for i, ch in enumerate(alphabet)}, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=alphabet[2])
+
+
 def load_tokenizer(tokenizer_dir: str | Path):
     from transformers import AutoTokenizer
 
