@@ -1,14 +1,17 @@
-"""`make bench-kd-loop` compares like with like: its hand-written baseline follows Megatron's LR schedule
-step for step, and its share-of-peak FLOP count is the model's own matmuls."""
+"""`make bench-kd-loop` compares like with like: its hand-written baseline trains as the project's loop does
+(Megatron's LR schedule, the same KD losses step for step), and its share-of-peak FLOPs are the model's matmuls."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
+
+from test_training import make_job, models  # noqa: F401 (the tiny teacher and student, a pytest fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,3 +54,20 @@ def test_flops_per_token_counts_the_models_matmuls(bench):
     # Causal attention: each token's QK^T and AV cover seq/2 positions on average, 2 FLOPs per multiply-add.
     attention = config.num_hidden_layers * config.num_attention_heads * 2 * (2 * (seq // 2) * config.head_dim)
     assert bench.flops_per_token(arch, seq) == 2 * linear + attention
+
+
+def test_plain_baseline_trains_as_the_minitron_loop(bench, models, tmp_path):
+    """Same teacher, student, tokens and settings, fp32: the hand-written baseline's KD losses match the project's
+    loop step for step (steps 1-2 before any update, as warmup starts at LR 0; step 3 after one AdamW step), so
+    the benchmark compares two implementations of one training run."""
+    from minitron import data
+    from minitron.training.loop import train
+
+    job = make_job(models, tmp_path / "minitron", steps=3, eval_interval=3, save_interval=3)
+    train(job)
+    minitron_losses = [json.loads(line)["kd_loss"] for line in (tmp_path / "minitron/metrics.jsonl").read_text().splitlines()]
+    prepared = data.prepare(job.data, models / "student_hf")
+    rows = data.samples(prepared, "train", job.data.seq_length, job.train.steps * job.train.global_batch_size,
+                        seed=job.data.seed)
+    plain = bench.plain_loop(models / "teacher_hf", models / "student_hf", rows, job.train, False, tmp_path / "plain")
+    assert [plain["first_loss"], *plain["losses"]] == pytest.approx(minitron_losses, rel=1e-5)
