@@ -34,6 +34,7 @@ per token of data); "of peak" counts the FLOPs each loop actually runs (one teac
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -105,6 +106,12 @@ def train_rows(recipe, hf_dir, cfg):
     return rows, val
 
 
+def read_metrics(path: Path) -> tuple[dict, list[dict]]:
+    """A run's metrics.jsonl: its first step (includes warm-up, not timed) and the timed steps after it."""
+    first, *timed = [json.loads(line) for line in path.read_text().splitlines()]
+    return first, timed
+
+
 def minitron_loop(recipe, folder, cfg, work: Path, names: tuple[str, ...]) -> dict:
     """The project's loop on the students `names` together (one teacher forward serves them all)."""
     from minitron.conversion.convert import nemo_to_hf
@@ -118,7 +125,7 @@ def minitron_loop(recipe, folder, cfg, work: Path, names: tuple[str, ...]) -> di
     result = {"hf": {}, "losses": {}, "first_loss": {}}
     for n in names:
         # Each student's metrics time its own share of a step: the first one's includes the teacher forward.
-        first, *metrics = [json.loads(x) for x in (out / n / "metrics.jsonl").read_text().splitlines()]
+        first, metrics = read_metrics(out / n / "metrics.jsonl")
         seconds += sum(m["seconds"] for m in metrics)
         first_seconds += first["seconds"]
         tokens += len(metrics) * cfg.global_batch_size * recipe.data.seq_length
@@ -228,8 +235,8 @@ def plain_in_own_process(args, work: Path) -> dict:
     from minitron.runtime import cpu_runtime
 
     result = work / "plain_own_process.json"
-    subprocess.run([sys.executable, __file__, "--steps", str(args.steps), "--precision", args.precision,
-                    "--output", str(args.output), "--plain-only", str(result)],
+    # This run's own arguments; --output again, as it may be the temporary folder chosen here.
+    subprocess.run([sys.executable, __file__, *sys.argv[1:], "--output", str(args.output), "--plain-only", str(result)],
                    env=cpu_runtime.pytorch_defaults(dict(os.environ)), check=True)
     return json.loads(result.read_text())
 
@@ -242,21 +249,23 @@ def plain_only(args) -> None:
     recipe, folder, cfg, teacher_hf, students_hf, rows, val = setup(args)
     runs = plain_students(teacher_hf, students_hf, STUDENTS, rows, cfg, resolve(args.precision).name == "bf16",
                           args.plain_only.parent / "own_process")
-    args.plain_only.write_text(json.dumps({"runs": runs, **cpu_runtime.active()}))
+    args.plain_only.write_text(json.dumps({"runs": runs, "runtime": cpu_runtime.active()}))
 
 
-def table_row(result: dict, val, runtime: dict, flops_per_token: float, peak: float) -> dict:
-    """One printed row: student tokens/s, share of the matmul peak, held-out loss per student."""
+def table_row(result: dict, heldout, runtime: dict, flops_per_token: float, peak: float) -> dict:
+    """One printed row: student tokens/s, share of the matmul peak, held-out loss per student (`heldout(hf)`)."""
     tokens_per_second = result["tokens"] / result["seconds"]
     students = len(result["hf"])
     return {"tokens_per_second": round(tokens_per_second, 1), "first_step_seconds": result["first_step_seconds"],
             "fraction_of_peak": tokens_per_second / students * flops_per_token / (peak * 1e9),
-            "heldout_lm_loss": {n: heldout_loss(hf, val) for n, hf in result["hf"].items()},
+            "heldout_lm_loss": {n: heldout(str(hf)) for n, hf in result["hf"].items()},
             "step1_kd_loss": result["first_loss"],
             "train_losses": result["losses"], **runtime}
 
 
-def print_table(title: str, table: dict) -> None:
+def print_table(title: str, table: dict) -> tuple[float, float]:
+    """Print `table` (minitron's row first, then the plain loop in this process and in its own) and the two
+    ratios; return them."""
     print(f"\n{title}")
     print(f"{'loop':<30} {'tokens/s':>9} {'of peak':>8} {'held-out LM loss':>22} {'step-1 KD loss':>20} "
           f"{'first step':>11}  runtime")
@@ -264,6 +273,10 @@ def print_table(title: str, table: dict) -> None:
         heldout, step1 = (" / ".join(f"{v:.4f}" for v in row[k].values()) for k in ("heldout_lm_loss", "step1_kd_loss"))
         print(f"{name:<30} {row['tokens_per_second']:>9.1f} {100 * row['fraction_of_peak']:>7.1f}% {heldout:>22} "
               f"{step1:>20} {row['first_step_seconds']:>10.1f}s  OpenMP {row['openmp']}, {row['allocator']}")
+    mine, same, own = (row["tokens_per_second"] for row in table.values())
+    print(f"minitron / plain: {mine / same:.2f}x in one process (same runtime), {mine / own:.2f}x against the plain "
+          f"loop in its own process with PyTorch's defaults")
+    return mine / same, mine / own
 
 
 def main() -> None:
@@ -289,8 +302,8 @@ def main() -> None:
     out, precision = args.output, resolve(args.precision)
     work = out / "loops"
     shutil.rmtree(work, ignore_errors=True)
-    hw = hardware()
-    here = {"openmp": hw["openmp"], "allocator": hw["allocator"]}
+    hw, here = hardware(), cpu_runtime.active()
+    heldout = functools.cache(lambda hf: heldout_loss(hf, val))  # a student in both tables is evaluated once
     print(f"machine: {hw}; precision {precision.name} ({precision.reason})", flush=True)
     peak = matmul_peak(precision.dtype)
     seq = recipe.data.seq_length
@@ -305,30 +318,20 @@ def main() -> None:
     minitron_shared = minitron_loop(recipe, folder, cfg, work, STUDENTS)
     plain = plain_students(teacher_hf, students_hf, STUDENTS, rows, cfg, precision.name == "bf16", work)
     own = plain_in_own_process(args, work)
-    own_runtime = {"openmp": own["openmp"], "allocator": own["allocator"]}
-    single = {"minitron": table_row(minitron_one, val, here, flops["one"], peak),
-              "plain": table_row(combined(plain, one), val, here, flops["one"], peak),
-              "plain, own process": table_row(combined(own["runs"], one), val, own_runtime, flops["one"], peak)}
-    pair = {"minitron, one teacher pass": table_row(minitron_shared, val, here, flops["shared"], peak),
-            "plain, one after the other": table_row(combined(plain, STUDENTS), val, here, flops["apart"], peak),
-            "plain, own process": table_row(combined(own["runs"], STUDENTS), val, own_runtime, flops["apart"], peak)}
-
-    def ratios(table):
-        mine, *plains = (row["tokens_per_second"] for row in table.values())
-        return [mine / x for x in plains]
+    single = {"minitron": table_row(minitron_one, heldout, here, flops["one"], peak),
+              "plain": table_row(combined(plain, one), heldout, here, flops["one"], peak),
+              "plain, own process": table_row(combined(own["runs"], one), heldout, own["runtime"], flops["one"], peak)}
+    pair = {"minitron, one teacher pass": table_row(minitron_shared, heldout, here, flops["shared"], peak),
+            "plain, one after the other": table_row(combined(plain, STUDENTS), heldout, here, flops["apart"], peak),
+            "plain, own process": table_row(combined(own["runs"], STUDENTS), heldout, own["runtime"], flops["apart"],
+                                            peak)}
 
     setting = (f"{cfg.steps} steps x {cfg.global_batch_size} x {seq} tokens (micro-batch {cfg.micro_batch(1)}), "
                f"precision {precision.name}, CPU {hw['cpu_capability']}, {torch.get_num_threads()} threads; "
                f"matmul peak {peak:.0f} GFLOP/s ({precision.name}, 2048^3); minitron kd.chunk_tokens={cfg.kd.chunk_tokens}")
     print(f"\nKD from the SmolLM2 teacher: {setting}")
-    print_table(f"{one[0]} student", single)
-    same, apart = ratios(single)
-    print(f"minitron / plain: {same:.2f}x in one process (same runtime), {apart:.2f}x against the plain loop in its "
-          f"own process with PyTorch's defaults")
-    print_table(f"{' + '.join(STUDENTS)} students (tokens/s: student tokens)", pair)
-    same_pair, apart_pair = ratios(pair)
-    print(f"minitron / plain: {same_pair:.2f}x in one process (same runtime), {apart_pair:.2f}x against the plain "
-          f"loop in its own process with PyTorch's defaults")
+    same, apart = print_table(f"{one[0]} student", single)
+    same_pair, apart_pair = print_table(f"{' + '.join(STUDENTS)} students (tokens/s: student tokens)", pair)
     summary = {"precision": precision.to_dict(), "hardware": hw, "matmul_peak_gflops": peak,
                "flops_per_token": flops, "steps": cfg.steps, "ratio": same, "ratio_plain_own_process": apart,
                "ratio_shared_teacher": same_pair, "ratio_shared_teacher_plain_own_process": apart_pair,

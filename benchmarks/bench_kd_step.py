@@ -34,7 +34,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from bench_kd_loop import flops_per_token, matmul_peak
+from bench_kd_loop import flops_per_token, matmul_peak, read_metrics
 
 LLAMA31_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                 "original_max_position_embeddings": 8192}
@@ -158,21 +158,18 @@ def one_variant(args, paths: dict, chunk: str) -> dict:
         torch.cuda.reset_peak_memory_stats()
     train(TrainJob(student=paths["student"], teacher=paths["teacher"], output=str(output), data=data, train=cfg,
                    max_steps_this_run=args.steps))
-    first, *timed = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+    first, timed = read_metrics(output / "metrics.jsonl")
     peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {"chunk_tokens": chunk, "tokens_per_second": len(timed) * cfg.global_batch_size * args.seq_length
             / sum(m["seconds"] for m in timed), "first_step_seconds": first["seconds"], "step1_kd_loss": first["kd_loss"],
-            "peak_memory_bytes": peak, "peak_memory_kind": "GPU allocated" if cuda else "process peak RSS",
-            "device": torch.cuda.get_device_name() if cuda else "cpu"}
+            "peak_memory_bytes": peak, "device": torch.cuda.get_device_name() if cuda else "cpu"}
 
 
 def run_in_own_process(args, chunk: str) -> dict:
     result = args.output / f"variant_{chunk}.json"
-    command = [sys.executable, __file__, "--shape", args.shape, "--seq-length", str(args.seq_length),
-               "--global-batch-size", str(args.global_batch_size), "--steps", str(args.steps),
-               "--precision", args.precision, "--output", str(args.output), "--variant", chunk, "--result", str(result)]
-    command += ["--layers", str(args.layers)] if args.layers else []
-    command += ["--micro-batch-size", str(args.micro_batch_size)] if args.micro_batch_size else []
+    # This run's own arguments; --output again, as it may be the temporary folder chosen here.
+    command = [sys.executable, __file__, *sys.argv[1:], "--output", str(args.output), "--variant", chunk,
+               "--result", str(result)]
     result.unlink(missing_ok=True)
     code = subprocess.run(command).returncode
     # A variant that fails (the unchunked loss running out of memory, say) is a result, not the end of the bench.
@@ -216,9 +213,8 @@ def main() -> None:
     cpu_runtime.use_tuned_runtime()  # as `minitron` runs: Intel OpenMP / tcmalloc where installed
     warnings.filterwarnings("ignore")
     args = parse_args()
-    if args.variant:
-        paths = json.loads((args.output / "paths.json").read_text())
-        args.result.write_text(json.dumps(one_variant(args, paths, args.variant)))
+    if args.variant:  # the models and corpus are there already: prepare only finds them
+        args.result.write_text(json.dumps(one_variant(args, prepare(args), args.variant)))
         return
     import torch
 
@@ -226,7 +222,6 @@ def main() -> None:
     from minitron.runtime.precision import hardware, resolve
 
     paths = prepare(args)
-    (args.output / "paths.json").write_text(json.dumps(paths))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     precision = resolve(args.precision, torch.device(device))
     results = [run_in_own_process(args, chunk) for chunk in args.chunks.split(",")]

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
+from conftest import REPO
 from test_training import make_job, models  # noqa: F401 (the tiny teacher and student, a pytest fixture)
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
