@@ -29,13 +29,12 @@ import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-RECIPE = REPO / "recipes/smollm2-135m_minitron_cpu.yaml"
 
 
 def recipe(out: Path, *overrides: str):
     from minitron.recipe import load_recipe
 
-    return load_recipe(RECIPE, list(overrides), output=str(out / "runs"))
+    return load_recipe(None, list(overrides), output=str(out / "runs"))
 
 
 def pruned_width(out: Path):

@@ -47,7 +47,6 @@ import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-RECIPE = REPO / "recipes/smollm2-135m_minitron_cpu.yaml"
 
 
 def matmul_peak(dtype, n: int = 2048, repeats: int = 3, device: str = "cpu") -> float:
@@ -88,7 +87,7 @@ def prepare_run(out: Path):
     from minitron.recipe import load_recipe
     from minitron.run_folder import RunFolder
 
-    recipe = load_recipe(RECIPE, ["stages=[import, prune]", f"prune.only=[{', '.join(STUDENTS)}]"],
+    recipe = load_recipe(None, ["stages=[import, prune]", f"prune.only=[{', '.join(STUDENTS)}]"],
                          output=str(out / "runs"))
     pipeline.run(recipe)
     return recipe, RunFolder(recipe)
@@ -221,7 +220,7 @@ def setup(args):
     import dataclasses
 
     recipe, folder = prepare_run(args.output)
-    cfg = dataclasses.replace(recipe.distill.train_config(), steps=args.steps, fp32_cpu_steps=None,
+    cfg = dataclasses.replace(recipe.distill.train_config(), steps=args.steps,
                               precision=args.precision, warmup_steps=1, eval_interval=10 ** 6, save_interval=10 ** 6)
     teacher_hf = folder.imported_teacher()["hf"]
     students_hf = {n: folder.summary(f"prune-{n}")["hf"] for n in STUDENTS}

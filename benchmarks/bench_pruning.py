@@ -24,7 +24,6 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-RECIPE = REPO / "recipes/smollm2-135m_minitron_cpu.yaml"
 WIDTH = dict(hidden_size=384, ffn_hidden_size=1024, num_attention_heads=6)
 DEPTH = dict(num_layers=16)
 
@@ -41,7 +40,7 @@ def method_comparison(out: Path) -> tuple[list[dict], dict]:
     from minitron.runtime.inference import forward_only
     from minitron.stages import prune as prune_stage
 
-    recipe = load_recipe(RECIPE, ["stages=[import]"], output=str(out / "runs"))
+    recipe = load_recipe(None, ["stages=[import]"], output=str(out / "runs"))
     pipeline.run(recipe)
     folder = RunFolder(recipe)
     teacher = folder.imported_teacher()["nemo"]
@@ -95,7 +94,7 @@ def recipe_wall_times(out: Path) -> dict:
     for student in ("width", "depth"):
         root = out / f"recipe-{student}"
         start = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "minitron.cli", "run", "--config", str(RECIPE), "--output",
+        proc = subprocess.run([sys.executable, "-m", "minitron.cli", "run", "--output",
                                str(root), "stages=[import, prune]", f"prune.only=[{student}]"],
                               capture_output=True, text=True, cwd=REPO)
         if proc.returncode:

@@ -46,7 +46,8 @@ from minitron.errors import MinitronError  # noqa: E402
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", help="recipe: its teacher and distilled students (and its data and eval settings)")
+    p.add_argument("--config", help="recipe: its teacher and distilled students (and its data and eval settings); "
+                                    "default: the CPU demo's, unless --model names the models")
     p.add_argument("overrides", nargs="*", help="recipe overrides, key=value")
     p.add_argument("--model", action="append", default=[], metavar="NAME=HF_DIR",
                    help="a model to measure (repeatable; the first is the reference); adds to the recipe's")
@@ -74,7 +75,7 @@ def select_models(args) -> tuple[dict[str, Path], object, object, object]:
     from minitron.stages.eval import named_model, run_models
 
     models, data, speed, deploy = {}, DataConfig(), ThroughputSection(), DeployConfig()
-    if args.config:
+    if args.config or not args.model:
         recipe = load_recipe(args.config, args.overrides)
         data, speed, deploy = recipe.data, recipe.eval.throughput, recipe.deploy
         produced = run_models(RunFolder(recipe))
@@ -82,7 +83,7 @@ def select_models(args) -> tuple[dict[str, Path], object, object, object]:
                                                                or n.endswith("-distilled")]
         missing = [n for n in wanted if n not in produced]
         if missing:
-            raise MinitronError(f"--models {missing}: not produced by {args.config} (it has {list(produced)})")
+            raise MinitronError(f"--models {missing}: not produced by {recipe.name} (it has {list(produced)})")
         models = {n: produced[n] for n in wanted}
     models.update(named_model(spec, "--model") for spec in args.model)
     if not models:

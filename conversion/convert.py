@@ -26,6 +26,10 @@ def read_hf_checkpoint(hf_dir: str | Path) -> tuple[LlamaArch, dict, Safetensors
     """Validate an HF Llama folder (config vs weight headers) without loading any weights."""
     hf_dir = Path(hf_dir)
     config_path = hf_dir / "config.json"
+    if not config_path.is_file():
+        what = "not an HF checkpoint folder (no config.json)" if hf_dir.is_dir() else "no such folder"
+        raise MinitronError(f"{hf_dir}: {what}; give the folder that holds config.json, the *.safetensors weights "
+                            "and the tokenizer")
     config = read_json(config_path)
     arch = LlamaArch.from_hf_config(config, str(config_path))
     reader = SafetensorsReader(hf_dir)
@@ -78,6 +82,8 @@ def hf_to_nemo(hf_dir: str | Path, nemo_dir: str | Path) -> dict:
     start = time.perf_counter()
     check_output_dir(Path(nemo_dir))
     arch, config, reader = read_hf_checkpoint(hf_dir)
+    if nemo.nemo_python() is not None:  # NeMo's context holds the tokenizer: say what is missing before NeMo does
+        nemo.check_tokenizer_files(Path(hf_dir))
     dtype = reader.dtype()
     distributed.initialize(1, 1)
     model = build_gpt_model(arch, dtype, use_te=False, init_weights=False)

@@ -7,6 +7,12 @@ the standard library at the top, so it runs as a plain script by path::
 
     <nemo python> nemo_bridge.py write SPEC.json CONTEXT_DIR   # NeMo's io_dump of LlamaModel + trainer
     <nemo python> nemo_bridge.py read CONTEXT_DIR              # NeMo's load_context -> JSON on stdout
+    <nemo python> nemo_bridge.py serve                         # both, one JSON request per stdin line
+
+Importing NeMo takes seconds and a write a fraction of one, so minitron keeps one ``serve`` process
+per run and sends it every checkpoint (``{"op": "write", "spec": ..., "context_dir": ...}`` or
+``{"op": "read", "context_dir": ...}``); each answer is one JSON line on stdout, and everything NeMo
+itself prints goes to stderr.
 
 ``write`` builds NeMo's ``LlamaModel(LlamaConfig | Llama31Config, tokenizer=AutoTokenizer(dir))``
 and a CPU ``nl.Trainer`` and dumps their ``TrainerContext`` exactly as NeMo's own checkpoint
@@ -15,12 +21,13 @@ callback and ``llm.import_ckpt`` do (``io.json``, ``model.yaml``, the tokenizer 
 reports the model config. The weights (``weights/``, a Megatron-Core torch_dist checkpoint) are
 written and read by minitron itself: they are plain Megatron-Core, the same in both.
 
-The result (or a one-line error) is the last line of stdout, as JSON.
+The result (or a one-line error) is the last line of stdout, as JSON (``write``/``read``).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -119,17 +126,45 @@ def _have_transformer_engine() -> bool:
     return True
 
 
+def serve() -> int:
+    """Answer requests until stdin closes; NeMo's own output goes to stderr, the answers alone to stdout."""
+    answers = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # print() and C-level writes of NeMo and its dependencies
+    sys.stdout = sys.stderr
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        try:
+            request = json.loads(line)
+            if request.get("op") == "write":
+                result = write(request["spec"], Path(request["context_dir"]))
+            elif request.get("op") == "read":
+                result = read(Path(request["context_dir"]))
+            else:
+                raise ValueError(f"unknown request {request.get('op')!r}: write or read")
+        except Exception as e:  # reported as one line to the caller, who turns it into its own error
+            result = {"error": _one_line(e)}
+        answers.write(json.dumps(result, default=str) + "\n")
+    return 0
+
+
+def _one_line(e: Exception) -> str:
+    first = (str(e).strip().splitlines() or [""])[0][:300]
+    return f"{type(e).__name__}: {first}"
+
+
 def main(argv: list[str]) -> int:
+    if argv == ["serve"]:
+        return serve()
     try:
         if len(argv) == 3 and argv[0] == "write":
             result = write(json.loads(Path(argv[1]).read_text()), Path(argv[2]))
         elif len(argv) == 2 and argv[0] == "read":
             result = read(Path(argv[1]))
         else:
-            raise ValueError("usage: nemo_bridge.py write SPEC.json CONTEXT_DIR | read CONTEXT_DIR")
+            raise ValueError("usage: nemo_bridge.py write SPEC.json CONTEXT_DIR | read CONTEXT_DIR | serve")
     except Exception as e:  # reported as one line to the caller, who turns it into its own error
-        first = (str(e).strip().splitlines() or [""])[0][:300]
-        print(json.dumps({"error": f"{type(e).__name__}: {first}"}))
+        print(json.dumps({"error": _one_line(e)}))
         return 1
     print(json.dumps(result, default=str))
     return 0

@@ -9,7 +9,8 @@ layer names (Megatron's local spec maps onto them), as NeMo and Megatron-Bridge 
 * ``io.json`` + ``model.yaml`` + ``nemo_tokenizer/``: written by NeMo 2.7's own code
   (``conversion/nemo_bridge.py`` run in NeMo's environment), so ``nemo.lightning.io.load_context``,
   ``llm.export_ckpt``, ``llm.finetune`` and ``llm.generate`` accept the checkpoint. Where NeMo is
-  reachable (`nemo_python`): the NGC NeMo container, or ``MINITRON_NEMO_PYTHON`` (``make nemo-env``);
+  reachable (`nemo_python`): the NGC NeMo container, the checkout's ``.venv-nemo`` (``make nemo-env``), or
+  ``MINITRON_NEMO_PYTHON``;
 * ``minitron.yaml``: the architecture, dtype and original HF config, so minitron reads its own
   checkpoints without starting NeMo (seconds saved on every load).
 
@@ -20,6 +21,7 @@ this repository's earlier ``minitron/nemo2-llama/v1`` checkpoints.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import hashlib
 import importlib.util
@@ -48,12 +50,15 @@ FORMAT, LEGACY_FORMAT = "minitron/nemo2-llama/v2", "minitron/nemo2-llama/v1"
 PREFIX = "module."
 NEMO_PYTHON_ENV = "MINITRON_NEMO_PYTHON"
 BRIDGE = Path(__file__).with_name("nemo_bridge.py")
+#: What `make nemo-env` builds in the checkout (conversion/ sits at its root).
+CHECKOUT_NEMO_PYTHON = Path(__file__).resolve().parents[1] / ".venv-nemo" / "bin" / "python"
 
 
 # ---- where NeMo is ----------------------------------------------------------------------------
 def nemo_python() -> str | None:
-    """The Python that has NeMo 2.7: ``$MINITRON_NEMO_PYTHON`` (``off`` disables), else this
-    interpreter when it has ``nemo.collections.llm`` (NGC NeMo container), else None."""
+    """The Python that has NeMo 2.7: ``$MINITRON_NEMO_PYTHON`` (``off`` disables), else this interpreter when
+    it has ``nemo.collections.llm`` (NGC NeMo container), else the checkout's ``.venv-nemo`` (``make nemo-env``),
+    else None."""
     chosen = os.environ.get(NEMO_PYTHON_ENV, "").strip()
     if chosen.lower() in ("off", "0", "none"):
         return None
@@ -66,48 +71,103 @@ def nemo_python() -> str | None:
         found = importlib.util.find_spec("nemo.collections.llm") is not None
     except ModuleNotFoundError:
         found = False
-    return sys.executable if found else None
+    if found:
+        return sys.executable
+    return str(CHECKOUT_NEMO_PYTHON) if os.access(CHECKOUT_NEMO_PYTHON, os.X_OK) else None
 
 
 def require_nemo(what: str) -> str:
     python = nemo_python()
     if python is None:
         raise MinitronError(f"{what}: needs NeMo 2.7 (nemo_toolkit) to read or write NeMo's context; run `make "
-                            f"nemo-env` and set {NEMO_PYTHON_ENV}=.venv-nemo/bin/python, or use the NeMo container")
+                            f"nemo-env` once (or use the NeMo container, or set {NEMO_PYTHON_ENV})")
     return python
 
 
-def run_bridge(args: list[str], what: str) -> dict:
-    """Run `nemo_bridge.py` under NeMo's Python; its last stdout line is the JSON answer."""
-    python = require_nemo(what)
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    env.pop("PYTHONPATH", None)  # NeMo's environment must not see this project's packages
-    proc = subprocess.run([python, str(BRIDGE), *args], capture_output=True, text=True, env=env)
-    lines = proc.stdout.strip().splitlines()
-    try:
-        answer = json.loads(lines[-1]) if lines else {}
-    except json.JSONDecodeError:
-        answer = {}
-    if proc.returncode or "error" in answer or not answer:
-        detail = answer.get("error") or (proc.stderr.strip().splitlines() or ["no output"])[-1][:300]
-        raise MinitronError(f"{what}: NeMo failed ({detail})")
-    return answer
+class _Bridge:
+    """One `nemo_bridge.py serve` process: NeMo is imported once (seconds), then each request takes milliseconds.
+    Its stderr (NeMo's own output) goes to a temporary file, read back only to explain a failure."""
+
+    def __init__(self, python: str):
+        env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+        env.pop("PYTHONPATH", None)  # NeMo's environment must not see this project's packages
+        self.log = tempfile.TemporaryFile("w+")
+        self.process = subprocess.Popen([python, str(BRIDGE), "serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=self.log, text=True, env=env)
+
+    def ask(self, request: dict, what: str) -> dict:
+        try:
+            self.process.stdin.write(json.dumps(request) + "\n")
+            self.process.stdin.flush()
+            line = self.process.stdout.readline()
+        except BrokenPipeError:
+            line = ""
+        answer = json.loads(line) if line.strip() else {}
+        if not answer or "error" in answer:
+            detail = answer.get("error") or self._last_words()
+            raise MinitronError(f"{what}: NeMo failed ({detail})")
+        return answer
+
+    def _last_words(self) -> str:
+        self.log.seek(0)
+        lines = [line for line in self.log.read().splitlines() if line.strip()]
+        return (lines[-1][:300] if lines else "no output") + f"; exit status {self.process.poll()}"
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.stdin.close()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        self.log.close()
+
+
+_BRIDGES: dict[str, _Bridge] = {}
+
+
+def _bridge(python: str) -> _Bridge:
+    if python not in _BRIDGES or _BRIDGES[python].process.poll() is not None:
+        if not _BRIDGES:
+            atexit.register(lambda: [b.close() for b in _BRIDGES.values()])
+        _BRIDGES[python] = _Bridge(python)
+    return _BRIDGES[python]
+
+
+def start_nemo() -> None:
+    """Start NeMo in the background, where it is reachable, so that the first context to write finds it
+    imported (the pipeline calls this before the stages that write checkpoints)."""
+    python = nemo_python()
+    if python is not None:
+        _bridge(python)
+
+
+def run_bridge(request: dict, what: str) -> dict:
+    """One request (``{"op": "write"|"read", ...}``) to NeMo's side (`nemo_bridge.py`); its JSON answer."""
+    return _bridge(require_nemo(what)).ask(request, what)
 
 
 # ---- context ----------------------------------------------------------------------------------------
+#: Files that make an HF tokenizer (one of these sets), as NeMo's AutoTokenizer loads it.
+TOKENIZER_FILES = (("tokenizer.json",), ("tokenizer.model",), ("vocab.json", "merges.txt"))
+
+
+def check_tokenizer_files(folder: Path) -> None:
+    if not any(all((folder / name).is_file() for name in names) for names in TOKENIZER_FILES):
+        raise MinitronError(f"{folder}: no tokenizer files (tokenizer.json, tokenizer.model, or vocab.json + "
+                            "merges.txt); copy the model's tokenizer files into it")
+
+
 def write_context(nemo_dir: Path, arch: LlamaArch, dtype: torch.dtype, hf_config: dict,
                   tokenizer_src: Path) -> None:
     """NeMo's context (where NeMo is reachable) + minitron.yaml + the tokenizer."""
     ctx = Path(nemo_dir) / CONTEXT
     if nemo_python() is not None:
-        with tempfile.TemporaryDirectory() as tmp:
-            spec = Path(tmp) / "spec.json"
-            spec.write_text(json.dumps(nemo_spec(arch, dtype, hf_config, Path(tokenizer_src))))
-            run_bridge(["write", str(spec), str(ctx)], f"{ctx}: writing NeMo's context")
+        run_bridge({"op": "write", "spec": nemo_spec(arch, dtype, hf_config, Path(tokenizer_src)),
+                    "context_dir": str(ctx.absolute())}, f"{ctx}: writing NeMo's context")
     else:
-        _note_once(f"NeMo 2.7 not reachable: {ctx} gets the weights' config and tokenizer but no NeMo io.json "
-                   f"(make nemo-env + {NEMO_PYTHON_ENV}=.venv-nemo/bin/python, or the NeMo container, add it; "
-                   "`minitron convert nemo-context DIR` adds it later)")
+        _note_once("NeMo 2.7 not reachable: NeMo checkpoints get minitron's context but not NeMo's io.json; run "
+                   "`make nemo-env` once to add it (then `minitron convert nemo-context DIR` for ones written before)")
     (ctx / TOKENIZER).mkdir(parents=True, exist_ok=True)
     if not any((ctx / TOKENIZER).iterdir()):
         copy_sidecars(tokenizer_src, ctx / TOKENIZER)
@@ -218,7 +278,7 @@ def _nemo_config(ctx: Path) -> dict:
     cached = cache_dir() / "nemo-contexts" / f"{hashlib.sha256(raw).hexdigest()[:32]}.json"
     if cached.is_file():
         return json.loads(cached.read_text())
-    cfg = run_bridge(["read", str(ctx)], f"{ctx / IO_JSON}")
+    cfg = run_bridge({"op": "read", "context_dir": str(ctx.absolute())}, f"{ctx / IO_JSON}")
     cached.parent.mkdir(parents=True, exist_ok=True)
     tmp = cached.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(cfg))

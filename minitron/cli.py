@@ -1,27 +1,9 @@
 """`minitron`: one command, one subcommand per job. This module only parses and dispatches.
 
-    minitron run --config recipes/<recipe>.yaml [key=value ...]
-    minitron plan --config R --nodes N --gpus-per-node G [--gpu h100-80gb] (memory per GPU, tokens/s, wall time)
-    minitron launch --executor {local,docker,slurm,dgxcloud,lepton} [--site S --nodes N ...] [--dry-run] -- <command>
-    minitron prune --config recipes/<recipe>.yaml [prune.only=[width]] [key=value ...]
-    minitron distill --config recipes/<recipe>.yaml [nproc=N] [key=value ...]
-    minitron teacher-correct --config recipes/<recipe>.yaml [nproc=N] [key=value ...]
-    minitron eval --config R [--model NAME=HF_DIR ...] [key=value]  (perplexity, lm-eval, speed of the run's models)
-    minitron report --config R                                      (report.md + plots of the run)
-    minitron config --config FILE [key=value ...]                  (resolved config, documented)
-    minitron data prepare --config R [--workers N] [--output DIR]  (tokenize data.source once, for data.blend)
-    minitron convert {gguf-to-hf,hf-to-nemo,nemo-to-hf} --input IN --output OUT
-    minitron convert nemo-context --input NEMO_DIR                (add NeMo's io.json in place; needs NeMo 2.7)
-    minitron verify --nemo NEMO_DIR --hf HF_DIR [--tp N --pp N]   (under torchrun for N > 1)
-    minitron model default                                         (path of the embedded model)
-    minitron export --model HF --format hf|trtllm [--dtype bf16|fp8 --tp N --pp N ...] --output DIR
-    minitron build-engine --checkpoint TRTLLM_DIR [--output ENGINE_DIR]   (trtllm-build; exit 3 without GPU)
-    minitron serve [--model DIR] [--backend pytorch|tensorrt_llm] [--host H] [--port N]   (PyTriton + OpenAI API)
-    minitron query [PROMPT] [--url URL] [--stream]                 (ask a running `minitron serve`)
-
-Each subcommand names its function as ``"module:function"`` (COMMANDS); only the chosen one is imported,
-so `minitron serve --help` or `build-engine` in the TensorRT-LLM container never load Megatron-Core.
-Every function takes the parsed arguments and returns what is printed as JSON (or None).
+The usage text lives in the parser (`minitron --help`, `minitron <command> --help`). Each subcommand names
+its function as ``"module:function"`` (COMMANDS); only the chosen one is imported, so `minitron serve --help`
+or `build-engine` in the TensorRT-LLM container never load Megatron-Core. Every function takes the parsed
+arguments and returns what is printed as JSON (or None).
 """
 
 from __future__ import annotations
@@ -39,7 +21,10 @@ from minitron.deploy.config import DeployConfig
 from minitron.deploy.serving import client as serving_client
 from minitron.deploy.serving import server as serving_server
 from minitron.errors import MinitronError
+from minitron.recipe import DEFAULT_RECIPE
 from minitron.runtime import cpu_runtime
+
+REPO = DEFAULT_RECIPE.parents[1]
 
 #: subcommand -> "module:function" that runs it.
 COMMANDS = {
@@ -48,14 +33,14 @@ COMMANDS = {
     "launch": "minitron.cluster.launch:launch_command",
     "prune": "minitron.pipeline:train_command",
     "distill": "minitron.pipeline:train_command",
-    "teacher-correct": "minitron.pipeline:train_command",
+    "teacher-correction": "minitron.pipeline:train_command",
     "eval": "minitron.pipeline:eval_command",
     "report": "minitron.pipeline:eval_command",
     "config": "minitron.recipe:show_config",
     "data": "minitron.pipeline:data_command",
     "convert": "minitron.conversion.convert:convert_command",
     "verify": "minitron.conversion.verify:verify_command",
-    "model": "minitron.models:print_default_model",
+    "model": "minitron.pipeline:model_command",
     "export": "minitron.deploy.export:export_command",
     "build-engine": "minitron.deploy.engine:build_engine_command",
     "serve": "minitron.deploy.serving.server:serve",
@@ -65,7 +50,11 @@ COMMANDS = {
 
 #: Subcommands that compute with torch on this machine: they run under the tuned CPU runtime (Intel OpenMP,
 #: tcmalloc) where it is installed. Serving keeps its own thread settings (deploy/serving/server.py).
-COMPUTE_COMMANDS = {"run", "prune", "distill", "teacher-correct", "eval", "verify", "export", "convert", "data"}
+COMPUTE_COMMANDS = {"run", "prune", "distill", "teacher-correction", "eval", "verify", "export", "convert", "data"}
+#: Old subcommand names that still work, each saying once which name replaced it.
+DEPRECATED = {"teacher-correct": "teacher-correction"}
+#: Subcommands that read a recipe (--config, default: the CPU demo's) and take key=value overrides.
+RECIPE_COMMANDS = {"run", "plan", "prune", "distill", "teacher-correction", "eval", "report", "config", "data"}
 
 
 def quiet_third_party_warnings() -> None:
@@ -77,13 +66,19 @@ def quiet_third_party_warnings() -> None:
         warnings.filterwarnings("ignore", message=r".*(Transformer Engine|Apex).* not installed")
 
 
-def _recipe_command(sub, name: str, text: str, overrides_example: str = "parallel.tensor_parallel=2"):
-    p = sub.add_parser(name, help=text)
-    p.add_argument("--config", required=True, help="recipe YAML")
-    p.add_argument("overrides", nargs="*", help=f"key=value overrides, e.g. {overrides_example}")
-    if name != "config":
+def _recipe_command(sub, name: str, text: str, overrides_example: str = "parallel.tensor_parallel=2",
+                    output: bool = True, **kwargs):
+    p = sub.add_parser(name, help=text, **kwargs)
+    _recipe_arguments(p, overrides_example)
+    if output:
         p.add_argument("--output", help="output root (default: the recipe's output_root)")
     return p
+
+
+def _recipe_arguments(p, overrides_example: str) -> None:
+    p.add_argument("--config", default=None, help=f"recipe YAML (default: {DEFAULT_RECIPE.relative_to(REPO)}, the "
+                                                  "CPU demo)")
+    p.add_argument("overrides", nargs="*", help=f"key=value overrides, e.g. {overrides_example}")
 
 
 def _deploy_command(sub, name: str, text: str, engine: bool):
@@ -105,10 +100,9 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     _recipe_command(sub, "run", "run a recipe end to end (stages cached)")
-    c = sub.add_parser("plan", help="memory per GPU, tokens/s and wall time of a recipe's training stages on a "
-                                    "cluster; refuses layouts that cannot fit or do not divide the GPUs")
-    c.add_argument("--config", required=True, help="recipe YAML")
-    c.add_argument("overrides", nargs="*", help="key=value overrides, e.g. parallel.tensor_parallel=8")
+    c = _recipe_command(sub, "plan", "memory per GPU, tokens/s and wall time of a recipe's training stages on a "
+                                     "cluster; refuses layouts that cannot fit or do not divide the GPUs",
+                        "parallel.tensor_parallel=8", output=False)
     c.add_argument("--nodes", type=int, required=True)
     c.add_argument("--gpus-per-node", type=int, default=8)
     c.add_argument("--gpu", default="h100-80gb", help="h100-80gb, h200-141gb, a100-80gb, b200-180gb")
@@ -120,20 +114,20 @@ def parser() -> argparse.ArgumentParser:
     _recipe_command(sub, "prune", "prune the recipe's students (import and, when the recipe corrects the teacher, "
                                   "teacher correction first)", "prune.only=[width]")
     _recipe_command(sub, "distill", "distil the recipe's pruned students (runs import/prune first if needed; nproc=N)")
-    _recipe_command(sub, "teacher-correct", "fine-tune the recipe's teacher (nproc=N)")
+    _recipe_command(sub, "teacher-correction", "fine-tune the recipe's teacher on the distillation data (nproc=N)",
+                    aliases=list(DEPRECATED))
     e = _recipe_command(sub, "eval", "measure every model of a recipe's run: perplexity, lm-eval tasks, speed",
                         "eval.lm_eval.limit=50")
     e.add_argument("--model", action="append", metavar="NAME=HF_DIR",
                    help="also evaluate this HF checkpoint (e.g. a quantized export); repeatable")
     _recipe_command(sub, "report", "write report.md and plots for a recipe's run")
-    c = _recipe_command(sub, "config", "print a recipe's resolved config")
+    c = _recipe_command(sub, "config", "print a recipe's resolved config", output=False)
     c.add_argument("--explain", action="store_true", help="also print every key's documentation")
 
     d = sub.add_parser("data", help="tokenize a recipe's data.source into Megatron indexed datasets (train/validation/"
                                     "test), on N processes; the folder can go into another recipe's data.blend")
     d.add_argument("action", choices=["prepare"])
-    d.add_argument("--config", required=True, help="recipe YAML (its data section and model.source's tokenizer)")
-    d.add_argument("overrides", nargs="*", help="key=value overrides, e.g. data.source=/data/web/shards")
+    _recipe_arguments(d, "data.source=/data/web/shards")
     d.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: data.workers)")
     d.add_argument("--output", default=None, help="write the dataset here instead of the cache (shared storage)")
     d.add_argument("--tokenizer", default=None, help="HF tokenizer folder (default: model.source's)")
@@ -155,8 +149,11 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--logits-out", default=None, help="also save the Megatron logits (safetensors)")
     v.add_argument("--result-file", default=None, help=argparse.SUPPRESS)
 
-    m = sub.add_parser("model", help="embedded default model")
-    m.add_argument("which", choices=["default"])
+    m = sub.add_parser("model", help="a model's folder: default = the embedded model; newest = the product of a "
+                                     "run's newest distillation, else the embedded model")
+    m.add_argument("which", choices=["default", "newest"])
+    _recipe_arguments(m, "output_root=/scratch/runs")
+    m.add_argument("--output", help="output root of the run (newest; default: the recipe's output_root)")
 
     e = _deploy_command(sub, "export", "export BF16/FP8 as a unified HF or a TensorRT-LLM checkpoint", engine=False)
     e.add_argument("--format", choices=["hf", "trtllm"], default="trtllm")
@@ -171,13 +168,17 @@ def parser() -> argparse.ArgumentParser:
     serving_server.add_arguments(sub.add_parser("serve", help="serve a model: PyTriton (HTTP/gRPC) + "
                                                                "OpenAI-compatible API"))
     serving_client.add_arguments(sub.add_parser("query", help="send one request to a running `minitron serve`"))
-    assert set(sub.choices) == set(COMMANDS), "every subcommand needs a COMMANDS entry"
+    assert set(sub.choices) == set(COMMANDS) | set(DEPRECATED), "every subcommand needs a COMMANDS entry"
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     quiet_third_party_warnings()
     args = parser().parse_args(argv)
+    if args.command in DEPRECATED:
+        print(f"note: `minitron {args.command}` is deprecated: use `minitron {DEPRECATED[args.command]}`",
+              file=sys.stderr)
+        args.command = DEPRECATED[args.command]
     module, function = COMMANDS[args.command].split(":")
     try:
         result = getattr(importlib.import_module(module), function)(args)
@@ -192,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
 def entry() -> None:
     """The `minitron` command. A compute subcommand first re-runs itself once under the tuned CPU runtime
     (`minitron.runtime.cpu_runtime`); `main` itself never does, so in-process callers are safe."""
-    if sys.argv[1:2] and sys.argv[1] in COMPUTE_COMMANDS:
+    if sys.argv[1:2] and DEPRECATED.get(sys.argv[1], sys.argv[1]) in COMPUTE_COMMANDS:
         cpu_runtime.use_tuned_runtime()
     sys.exit(main())
 

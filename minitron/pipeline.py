@@ -15,14 +15,18 @@ from pathlib import Path
 from minitron.conversion import nemo_checkpoint
 from minitron.data import check_tokenizer_matches, prepare
 from minitron.errors import MinitronError
-from minitron.models import is_nemo_checkpoint, resolve_hf_source
+from minitron.models import EMBEDDED_DEFAULT, is_nemo_checkpoint, resolve_hf_source
 from minitron.pruning.prune import check_target
 from minitron.recipe import Recipe, load_recipe
 from minitron.run_folder import REFRESHED, RunFolder
 from minitron.runtime.llama import LlamaArch
 from minitron.stages import STAGES
 from minitron.stages.prune import prune_under_torchrun
-from minitron.training.stage import train_under_torchrun
+from minitron.stages.training import train_under_torchrun
+
+
+#: Stage kinds that write NeMo checkpoints (whose context NeMo's own code writes, where it is reachable).
+WRITES_CHECKPOINTS = ("import", "teacher_correction", "prune", "distill")
 
 
 def preflight(recipe: Recipe) -> None:
@@ -56,6 +60,8 @@ def run(recipe: Recipe) -> dict:
     """Run the recipe's stages in order; {stage folder: summary}."""
     preflight(recipe)
     folder = RunFolder(recipe)
+    if any(kind in WRITES_CHECKPOINTS and not folder.done(stage) for kind, stage in folder.planned()):
+        nemo_checkpoint.start_nemo()  # NeMo imports in the background while the first stage works
     results = {}
     for kind, stage in folder.planned():
         if stage not in REFRESHED and folder.done(stage):
@@ -99,7 +105,7 @@ def eval_command(args) -> dict:
 
 
 def train_command(args) -> dict | None:
-    """`minitron prune` / `distill` / `teacher-correct`: the recipe up to that stage (done stages skip).
+    """`minitron prune` / `distill` / `teacher-correction`: the recipe up to that stage (done stages skip).
 
     Prune and distill go through teacher correction first when the recipe lists it (or it was run into
     the folder already): the corrected teacher is the one pruned and distilled from.
@@ -112,7 +118,7 @@ def train_command(args) -> dict | None:
     if world > 1 and any(o.startswith("nproc=") for o in args.overrides):
         raise MinitronError("nproc=N launches its own ranks; under torchrun leave it out (the world size is N)")
     recipe = load_recipe(args.config, [*args.overrides, *([f"nproc={world}"] if world > 1 else [])], args.output)
-    if args.command == "teacher-correct":
+    if args.command == "teacher-correction":
         recipe.stages = ["import", "teacher_correction"]
     else:  # the corrected teacher when the recipe lists teacher correction or it was run already
         corrects = RunFolder(recipe).corrects_teacher()
@@ -126,6 +132,16 @@ def train_command(args) -> dict | None:
             return prune_under_torchrun(RunFolder(recipe))
         return train_under_torchrun(RunFolder(recipe))
     return compact(run(recipe))
+
+
+def model_command(args) -> None:
+    """`minitron model default`: the embedded model's HF folder (converted on first use). `minitron model newest
+    [--config R] [--output ROOT]`: the HF folder of the product of the run's newest distillation, else the
+    embedded model (what `make export` and `minitron serve` take by default)."""
+    if args.which == "newest":
+        print(RunFolder(load_recipe(args.config, args.overrides, args.output)).newest_or_default())
+    else:
+        print(resolve_hf_source(EMBEDDED_DEFAULT))
 
 
 def data_command(args) -> dict:

@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from minitron import config, cpu_budget
 from minitron.cluster.config import LaunchConfig
+from minitron.config import doc
 from minitron.conversion.sample_text import SAMPLE_TEXT
+from minitron.cpu_budget import CpuBudgetConfig
 from minitron.deploy.config import DeployConfig
-from minitron import config
-from minitron.config import at_least_one, doc
 from minitron.data.config import DataConfig
 from minitron.errors import MinitronError
 from minitron.evaluation.config import EvalConfig
@@ -26,6 +27,8 @@ from minitron.training.config import TrainConfig
 #: `prune` and `distill` run one stage per student: `prune-<student>`, `distill-<student>`.
 #: `eval` measures every model of the run; `report` is rewritten on every run (it is cheap).
 STAGES = ("import", "verify", "teacher_correction", "prune", "distill", "eval", "report")
+#: What `minitron run` and every recipe command run without --config (and `make demo` runs): the CPU demo.
+DEFAULT_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "smollm2-135m_minitron_cpu.yaml"
 
 
 @dataclass
@@ -53,14 +56,11 @@ class TrainingStageConfig:
     overrides: list[str] = doc([], "key=value overrides of that YAML, e.g. [steps=20, precision=fp32]")
     students: list[str] = doc([], "distill only: which pruned students (empty = every student of prune)")
     from_uncorrected_teacher: list[str] = doc(
-        [], "distill only: students also distilled from the uncorrected (imported) teacher, as stage "
-            "distill-<student>@teacher, to compare with distillation from the corrected teacher as the Minitron "
-            "paper does; needs teacher_correction in stages")
+        [], "distill only: students also distilled from the uncorrected teacher (stage "
+            "distill-<student>@uncorrected), to compare as the Minitron paper does")
     share_teacher: bool = doc(
-        False, "distill only: train the students that have the same teacher side by side, step by step, so one "
-               "teacher forward per micro-batch serves them all (the teacher is ~40% of a KD step's FLOPs). Keeps "
-               "one step's teacher logits in memory (micro-batches x micro x seq x vocab / TP): for small models "
-               "and CPU runs; pipeline_parallel 1 only")
+        False, "distill only: train the students of one teacher side by side, one teacher forward per micro-batch "
+               "serving them all (pipeline_parallel 1; keeps one step's teacher logits in memory)")
     parallel: Optional[ParallelConfig] = doc(
         None, "this stage's own layout (e.g. TP=8 within a node x DP across nodes); null = the recipe's `parallel`")
 
@@ -90,8 +90,12 @@ class Recipe:
     eval: EvalConfig = doc(EvalConfig, "evaluation of every model of the run: perplexity, lm-eval tasks, speed")
     deploy: DeployConfig = doc(DeployConfig, "export and TensorRT engine settings of `minitron export` / "
                                              "`minitron build-engine --config` (flags override them)")
-    launch: LaunchConfig = doc(LaunchConfig, "how `minitron launch` submits this recipe's jobs (NeMo-Run executors); "
-                                             "a --site file and flags override it")
+    launch: LaunchConfig = doc(LaunchConfig, "how `minitron launch` submits this recipe's jobs (NeMo-Run executors; "
+                                             "a --site file and flags override it)")
+    cpu_budget: Optional[CpuBudgetConfig] = doc(
+        None, "a smaller budget where the run computes in fp32 on a CPU, so a CPU recipe fits its time everywhere")
+    applied_budget: dict = dataclasses.field(default_factory=dict, init=False, metadata={
+        "help": "what `cpu_budget` changed on this machine, by section (set when the recipe is loaded)"})
 
     def check(self) -> list[str]:
         unknown = [s for s in self.stages if s not in STAGES]
@@ -135,14 +139,16 @@ class Recipe:
         return [lay for i, lay in enumerate(layouts) if all(lay is not other for other in layouts[:i])]
 
 
-def load_recipe(path: str | Path, overrides: list[str] = (), output: str | None = None) -> Recipe:
-    """The recipe at `path` with ``key=value`` overrides; `output` replaces output_root.
+def load_recipe(path: str | Path | None, overrides: list[str] = (), output: str | None = None) -> Recipe:
+    """The recipe at `path` (None: `DEFAULT_RECIPE`) with ``key=value`` overrides; `output` replaces output_root;
+    then its `cpu_budget` applied where it computes in fp32 on a CPU (`recipe.applied_budget` says what changed).
 
     ``nproc=N`` (an override of no field) sets the data_parallel of the training stages' layouts so that
     TP * PP * DP = N.
     A relative training `config:` is looked up from the working directory, then from the folder above
     the recipe's (recipes/ and nemo_configs/ are siblings), so recipes run from any directory.
     """
+    path = DEFAULT_RECIPE if path is None else path
     overrides = list(overrides)
     nproc = [o for o in overrides if o.startswith("nproc=")]
     recipe = config.load(Recipe, path, [o for o in overrides if not o.startswith("nproc=")])
@@ -163,6 +169,7 @@ def load_recipe(path: str | Path, overrides: list[str] = (), output: str | None 
             beside = Path(path).resolve().parent.parent / stage.config
             if beside.exists():
                 stage.config = str(beside)
+    recipe.applied_budget = cpu_budget.apply(recipe)
     return recipe
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -11,8 +12,9 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-# Writing NeMo's context starts NeMo (~10 s per checkpoint): only the interop tests ask for it.
-os.environ.pop("MINITRON_NEMO_PYTHON", None)
+# Writing NeMo's context starts NeMo (seconds per process), which the checkout's .venv-nemo makes reachable:
+# only the interop tests ask for it.
+os.environ["MINITRON_NEMO_PYTHON"] = "off"
 
 LLAMA31_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                 "original_max_position_embeddings": 8192}
@@ -124,8 +126,15 @@ def write_train_yaml(path: Path, steps: int, interval: int, micro_batch_size: in
     return path
 
 
-def run_minitron(*args: str, cwd: Path | None = None, env_extra: dict | None = None):
-    env = {**os.environ, **(env_extra or {})}
+def stage_summary(stage_dir: Path) -> dict:
+    """A stage's summary.json with its run-relative paths ("./<stage>/...") resolved against its run folder."""
+    stage_dir = Path(stage_dir)
+    text = (stage_dir / "summary.json").read_text()
+    return json.loads(text.replace('"./', json.dumps(str(stage_dir.parent) + "/")[:-1]))
+
+
+def run_minitron(*args: str, cwd: Path | None = None, env_extra: dict | None = None, env_unset: tuple = ()):
+    env = {k: v for k, v in {**os.environ, **(env_extra or {})}.items() if k not in env_unset}
     return subprocess.run([sys.executable, "-m", "minitron.cli", *args], capture_output=True, text=True,
                           cwd=cwd or REPO, env=env)
 

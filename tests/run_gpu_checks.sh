@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks, as run on a lent GPU machine (see README "GPU"). Installs carried wheels
+# The GPU checks, as run on a lent GPU machine (docs/benchmarks.md, "GPU checks"). Installs carried wheels
 # (.whl/) when present, then runs the tests marked `gpu` plus the CPU-agnostic conversion tests.
 set -uo pipefail
 if ls .whl/*.whl >/dev/null 2>&1; then

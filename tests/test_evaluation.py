@@ -141,16 +141,17 @@ def test_flops_per_token_counts_llama_matmuls(tiny_hf):
 
 def test_eval_and_report_stages_on_tiny_run(tiny_hf, tmp_path):
     """import -> prune -> eval -> report on a tiny model: the table has every model; reruns reuse measurements."""
-    from minitron import config, pipeline
-    from minitron.recipe import Recipe
+    from minitron import pipeline
+    from minitron.recipe import load_recipe
 
-    # fp32 on a CPU: fp32_cpu_max_tokens replaces max_tokens (the CPU demo's smaller budget where bf16 is not native)
+    # fp32 on a CPU: cpu_budget.perplexity_max_tokens replaces max_tokens (the CPU demo's smaller budget there)
     extra = ("eval:\n  skip: [lm_eval]\n  dtype: float32\n"
-             "  perplexity: {max_tokens: 1200, fp32_cpu_max_tokens: 600, batch_size: 2}\n"
-             "  throughput: {batch_sizes: [1, 2], prompt_tokens: 16, new_tokens: 4, repeats: 1, dtype: float32}\n")
+             "  perplexity: {max_tokens: 1200, batch_size: 2}\n"
+             "  throughput: {batch_sizes: [1, 2], prompt_tokens: 16, new_tokens: 4, repeats: 1, dtype: float32}\n"
+             "cpu_budget: {reason: the test's, perplexity_max_tokens: 600, lm_eval_limit: 5}\n")
     path = write_tiny_recipe(tmp_path, tiny_hf, "[import, prune, eval, report]",
                              "[{name: depth, num_layers: 2}]", extra)
-    recipe = config.load(Recipe, path, [f"output_root={tmp_path / 'runs'}"])
+    recipe = load_recipe(path, [f"output_root={tmp_path / 'runs'}"])
     results = pipeline.run(recipe)
     models = results["eval"]["models"]
     assert list(models) == ["teacher", "depth-pruned"]
@@ -172,8 +173,8 @@ def test_eval_and_report_stages_on_tiny_run(tiny_hf, tmp_path):
 
     runtime = cpu_runtime.active()  # eval ran in this process: its OpenMP runtime and allocator
     assert f"threads, OpenMP {runtime['openmp']}, {runtime['allocator']}, GPU" in text
-    assert ("Smaller measurements to fit the time on this hardware (fp32 on CPU): perplexity over 600 tokens "
-            "(eval.perplexity.fp32_cpu_max_tokens) instead of 1200.") in text
+    assert ("Smaller measurements to fit the time on this hardware (fp32 on CPU; the test's): perplexity over 600 "
+            "tokens (cpu_budget.perplexity_max_tokens) instead of 1200.") in text  # lm-eval is skipped: no note
     for png in ("layer_importance.png", "params_quality_speed.png", "width_vs_depth.png"):
         assert (report_dir / png).stat().st_size > 1000, png
     work = sorted(p.name for p in folder.work_dir("eval").iterdir())
@@ -189,19 +190,6 @@ def test_eval_and_report_stages_on_tiny_run(tiny_hf, tmp_path):
     proc = run_minitron("report", "--config", str(path), "--output", str(tmp_path / "runs"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "| **depth-pruned** |" in proc.stdout and "report.md" in proc.stdout
-
-
-def test_fp32_cpu_sizes_replace_only_the_measurements_that_run_in_fp32_on_cpu():
-    from minitron.evaluation.config import EvalConfig, LmEvalSection, PerplexitySection
-
-    cfg = EvalConfig(dtype="fp32", perplexity=PerplexitySection(max_tokens=1000, fp32_cpu_max_tokens=100),
-                     lm_eval=LmEvalSection(dtype="bf16", limit=50, fp32_cpu_limit=5))
-    here, notes = cfg.at_precision(lambda dtype: dtype == "fp32")
-    assert (here.perplexity.max_tokens, here.lm_eval.limit) == (100, 50) and len(notes) == 1
-    everywhere, notes = cfg.at_precision(lambda dtype: True)
-    assert (everywhere.perplexity.max_tokens, everywhere.lm_eval.limit) == (100, 5)
-    assert notes[1] == "lm-eval on 5 items per task (eval.lm_eval.fp32_cpu_limit) instead of 50"
-    assert cfg.at_precision(lambda dtype: False) == (cfg, [])
 
 
 def test_eval_rejects_unknown_model_names(tiny_hf, tmp_path):

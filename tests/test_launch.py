@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from conftest import REPO, run_minitron, write_tiny_recipe, write_train_yaml
+from conftest import REPO, run_minitron, stage_summary, write_tiny_recipe, write_train_yaml
 
 RECIPES = {kind: REPO / "recipes" / f"llama3.1-8b_minitron-{kind}_dgx.yaml" for kind in ("width", "depth")}
 SLURM_SITE = REPO / "launch" / "slurm-example.yaml"
@@ -43,8 +43,7 @@ def test_slurm_dry_run_of_the_8b_recipe(kind):
         assert "#SBATCH --gpus-per-node=8" in text
         assert re.search(r"torchrun --rdzv-backend c10d --rdzv-endpoint \$head_node_ip:29500 --rdzv-id \d+ "
                          r"--nnodes 8 --nproc-per-node 8 --node-rank \$SLURM_NODEID", text)
-        command = {"distill": "distill", "teacher-correction": "teacher-correct"}[name]
-        assert f"-m minitron.cli {command} --config {recipe}" in text
+        assert f"-m minitron.cli {name} --config {recipe}" in text
     verify = tasks["verify"]  # one process holds one node's 8 GPUs and starts each layout's ranks itself
     assert "#SBATCH --nodes=1" in verify and "#SBATCH --gpus-per-node=8" in verify and "torchrun" not in verify
     assert "python -m minitron.cli run" in verify
@@ -173,7 +172,7 @@ def test_local_launch_prunes_and_distils_on_two_processes_and_resumes(tiny_hf, t
 
     assert launch()["tasks"] == ["import", "prune", "distill"]
     stage = out / "tiny" / "distill-depth"
-    summary = json.loads((stage / "summary.json").read_text())
+    summary = stage_summary(stage)
     assert summary["steps"] == 4 and (stage / "hf" / "config.json").is_file()
     # NeMo-Run's torchrun launcher ran prune (2 pipeline ranks) and distill (DP 2) as two workers each
     # (torchelastic keeps one log folder per rank)
@@ -182,9 +181,9 @@ def test_local_launch_prunes_and_distils_on_two_processes_and_resumes(tiny_hf, t
             "torchelastic/*/*/attempt_0/*/stderr.log")}
         assert workers == {"0", "1"}, task
     for student in ("width", "depth"):  # both students in one torchrun job each for prune and distill
-        pruned = json.loads((out / "tiny" / f"prune-{student}" / "summary.json").read_text())
+        pruned = stage_summary(out / "tiny" / f"prune-{student}")
         assert pruned["calibration"]["pipeline_parallel"] == 2 and pruned["hf_vs_megatron_max_abs_logit_diff"] < 1e-4
-        assert json.loads((out / "tiny" / f"distill-{student}" / "summary.json").read_text())["steps"] == 4
+        assert stage_summary(out / "tiny" / f"distill-{student}")["steps"] == 4
     first = [json.loads(line) for line in (stage / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in first] == [1, 2, 3, 4]
     # Interrupted after step 2: the stage folder and the step-4 checkpoint are gone, step 2 is there.

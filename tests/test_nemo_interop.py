@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO, run_minitron, write_tiny_llama, write_tiny_recipe
+from conftest import REPO, run_minitron, stage_summary, write_tiny_llama, write_tiny_recipe
 
 NEMO_SIDE = REPO / "tests" / "nemo_side.py"
 
@@ -89,6 +89,44 @@ def test_pruned_checkpoint_loads_in_nemo_and_exports_bit_for_bit(with_nemo, tmp_
     assert (arch, dtype) == (pruned, torch.float32)
 
 
+def test_convert_finds_the_checkouts_nemo_env_without_settings(nemo_python, tmp_path, tiny_hf):
+    """After `make nemo-env`, with no environment variable: `minitron convert hf-to-nemo` writes NeMo's own
+    context (through the checkout's .venv-nemo), and NeMo's load_context + exporter read the checkpoint."""
+    from minitron.conversion import nemo_checkpoint as nemo
+
+    if nemo.CHECKOUT_NEMO_PYTHON != Path(nemo_python):
+        pytest.skip(f"the NeMo environment under test is {nemo_python}, not the checkout's")
+    proc = run_minitron("convert", "hf-to-nemo", "--input", str(tiny_hf), "--output", str(tmp_path / "nemo"),
+                        env_unset=("MINITRON_NEMO_PYTHON",))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "NeMo 2.7 not reachable" not in proc.stderr
+    assert (tmp_path / "nemo" / "context" / "io.json").is_file()
+    result = nemo_side(nemo_python, "export", str(tmp_path / "nemo"), str(tmp_path / "nemo_hf"))
+    assert (result["model_class"], result["config_class"]) == ("LlamaModel", "Llama31Config")
+    ours = load_file(str(tiny_hf / "model.safetensors"))
+    theirs = load_file(str(tmp_path / "nemo_hf" / "model.safetensors"))
+    assert set(ours) == set(theirs) and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+    # Off switch, and the note that names the one command that makes NeMo reachable.
+    off = run_minitron("convert", "hf-to-nemo", "--input", str(tiny_hf), "--output", str(tmp_path / "plain"),
+                       env_extra={"MINITRON_NEMO_PYTHON": "off"})
+    assert off.returncode == 0 and not (tmp_path / "plain" / "context" / "io.json").exists()
+    assert "run `make nemo-env` once" in off.stderr
+
+
+def test_missing_tokenizer_is_named_before_nemo_starts(with_nemo, tmp_path, tiny_hf):
+    import shutil
+
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny_hf, bare)
+    for path in bare.glob("tokenizer*"):
+        path.unlink()
+    proc = run_minitron("convert", "hf-to-nemo", "--input", str(bare), "--output", str(tmp_path / "nemo"),
+                        env_extra={"MINITRON_NEMO_PYTHON": with_nemo})
+    assert proc.returncode == 2 and "no tokenizer files (tokenizer.json" in proc.stderr
+    assert "AUTOTOKENIZER" not in proc.stderr and not (tmp_path / "nemo").exists()
+
+
 def test_nemo_written_checkpoint_runs_through_minitron(with_nemo, tmp_path):
     teacher = tmp_path / "nemo_teacher"
     tokenizer = write_tiny_llama(tmp_path / "tok_src")
@@ -102,10 +140,10 @@ def test_nemo_written_checkpoint_runs_through_minitron(with_nemo, tmp_path):
                         env_extra={"MINITRON_NEMO_PYTHON": with_nemo})
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "runs" / "tiny"
-    imported = json.loads((run / "import" / "summary.json").read_text())
+    imported = stage_summary(run / "import")
     assert imported["source_format"] == "nemo2"
     assert_same_tensors(Path(imported["hf"]), tmp_path / "nemo_export")
-    pruned = json.loads((run / "prune-width" / "summary.json").read_text())
+    pruned = stage_summary(run / "prune-width")
     assert pruned["arch"]["hidden_size"] == 48 and pruned["arch"]["head_dim"] == 24
     assert (run / "prune-width" / "nemo" / "context" / "io.json").is_file()
 

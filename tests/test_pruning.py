@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 from torch.testing import assert_close
 
-from conftest import REPO, tokens, write_tiny_llama
+from conftest import REPO, stage_summary, tokens, write_tiny_llama
 from minitron.conversion.convert import load_megatron_from_nemo, nemo_to_hf
 from minitron.conversion.verify import hf_logits
 from minitron import config
@@ -232,7 +232,7 @@ def test_prune_stage_end_to_end(tiny_hf, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name in ("width", "depth"):
         stage = tmp_path / f"runs/tiny/prune-{name}"
-        summary = json.loads((stage / "summary.json").read_text())
+        summary = stage_summary(stage)
         assert summary["hf_vs_megatron_max_abs_logit_diff"] <= 1e-4
         assert (stage / "hf/config.json").is_file() and (stage / "report.png").stat().st_size > 10_000
         report = json.loads((stage / "report.json").read_text())

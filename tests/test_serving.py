@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_minitron
+from conftest import REPO, run_minitron
 from minitron.deploy.serving.client import ServerProcess, get, post, stream
 
 # PyTriton's gRPC clients warn on every call that only the inference timeout applies.
@@ -278,25 +278,48 @@ def test_tensorrt_llm_backend_needs_a_gpu(tiny_hf):
         load_backend("tensorrt_llm", tiny_hf, "tiny")
 
 
-def test_default_model_is_the_newest_distilled_student(tmp_path, monkeypatch, tiny_hf):
+def write_demo_run_folder(root: Path, legacy: bool = False) -> Path:
+    """The distill stages of a finished CPU demo, as the demo writes them: width and depth trained together (depth
+    finished last, `trained_with` width), then the width student from the uncorrected teacher, newest of all."""
+    run = root / "smollm2-135m_minitron_cpu"
+    stages = [("distill-width", {}), ("distill-depth", {"trained_with": "distill-width"}),
+              ("distill-width@teacher" if legacy else "distill-width@uncorrected", {})]
+    for i, (stage, extra) in enumerate(stages):
+        (run / stage / "hf").mkdir(parents=True)
+        (run / stage / "hf" / "config.json").write_text("{}")
+        summary = {"hf": "./" + stage + "/hf", "finished": f"2026-12-03T10:00:0{i}Z", **extra}
+        (run / stage / "summary.json").write_text(json.dumps(summary))
+    return run
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_default_model_is_the_product_of_the_newest_distillation(tmp_path, monkeypatch, legacy):
     import os
 
     from minitron.deploy.serving.server import default_model, fix_stub_libpython, served_name
 
-    run = tmp_path / "runs" / "smollm2-135m_minitron_cpu"
-    for i, student in enumerate(["width", "depth", "width@teacher"]):  # the comparison student is newest
-        hf = run / f"distill-{student}" / "hf"
-        hf.mkdir(parents=True)
-        (hf / "config.json").write_text("{}")
-        os.utime(hf, (1_000_000 + i, 1_000_000 + i))
+    run = write_demo_run_folder(tmp_path / "runs", legacy)
     monkeypatch.chdir(tmp_path)
-    assert default_model() == Path("runs/smollm2-135m_minitron_cpu/distill-depth/hf")
+    assert default_model() == Path("runs/smollm2-135m_minitron_cpu/distill-width/hf")  # not the depth student
+    (run / "distill-depth" / "summary.json").write_text(json.dumps({"hf": "./distill-depth/hf",
+                                                                     "finished": "2026-12-03T11:00:00Z"}))
+    assert default_model() == Path("runs/smollm2-135m_minitron_cpu/distill-depth/hf")  # distilled later, alone
     assert served_name(run / "distill-depth" / "hf") == "smollm2-135m_minitron_cpu-distill-depth"
     monkeypatch.setenv("LD_LIBRARY_PATH", "/somewhere")
     fix_stub_libpython()
     import sysconfig
 
     assert os.environ["LD_LIBRARY_PATH"].split(":") == [sysconfig.get_config_var("LIBDIR"), "/somewhere"]
+
+
+def test_make_export_takes_the_corrected_teachers_width_student(tmp_path):
+    """`make -n export` in a demo run folder names the width student distilled from the corrected teacher."""
+    write_demo_run_folder(tmp_path / "runs")
+    proc = subprocess.run(["make", "-n", "export", f"OUT={tmp_path / 'runs'}"], capture_output=True, text=True,
+                          cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"--model {tmp_path}/runs/smollm2-135m_minitron_cpu/distill-width/hf " in proc.stdout
+    assert "runs/export/distill-width-trtllm-fp8" in proc.stdout
 
 
 @pytest.mark.smollm2

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from conftest import REPO, run_minitron
+from conftest import REPO, run_minitron, stage_summary
 from minitron.conversion.sample_text import SAMPLE_TEXT
 
 pytestmark = pytest.mark.smollm2
@@ -52,7 +52,7 @@ def test_demo_recipe_runs_and_resumes(tmp_path):
             "stages=[import, verify]", "verify.layouts=[[1, 1], [1, 2]]"]
     first = run_minitron(*args)
     assert first.returncode == 0, first.stderr[-3000:]
-    summary = json.loads((tmp_path / "smollm2-135m_minitron_cpu/verify/summary.json").read_text())
+    summary = stage_summary(tmp_path / "smollm2-135m_minitron_cpu/verify")
     assert summary["roundtrip_identical"] is True
     assert [lay["pipeline_parallel"] for lay in summary["layouts"]] == [1, 2]
     assert all(lay["max_abs_logit_diff"] <= 1e-4 for lay in summary["layouts"])

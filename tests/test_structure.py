@@ -110,8 +110,13 @@ def test_cli_only_parses_and_dispatches():
     from minitron import cli
 
     tree = ast.parse((REPO / "minitron/cli.py").read_text())
-    functions = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
-    assert functions == {"quiet_third_party_warnings", "_recipe_command", "_deploy_command", "parser", "main", "entry"}
+    functions = [n for n in tree.body if isinstance(n, ast.FunctionDef)]
+    # Building the parser may take a page; anything else is dispatch or argument helpers, a few lines each.
+    long = [f.name for f in functions if f.end_lineno - f.lineno > (120 if f.name == "parser" else 25)]
+    assert "parser" in {f.name for f in functions} and long == []
+    calls = {n.func.attr for f in functions for n in ast.walk(f)
+             if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)}
+    assert not calls & {"load_recipe", "run", "train", "prune", "export"}, "cli.py runs no job itself"
     nested_imports = [n for f in tree.body if isinstance(f, ast.FunctionDef)
                       for n in ast.walk(f) if isinstance(n, (ast.Import, ast.ImportFrom))]
     assert nested_imports == []

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, write_corpus, write_tiny_llama, write_tiny_recipe, write_train_yaml
+from conftest import REPO, stage_summary, write_corpus, write_tiny_llama, write_tiny_recipe, write_train_yaml
 from minitron.conversion.convert import hf_to_nemo
 from minitron import config
 from minitron.data import DataConfig
@@ -255,26 +255,34 @@ def test_null_micro_batch_is_one_micro_batch_per_rank(models, tmp_path):
     assert TrainConfig(micro_batch_size=None, global_batch_size=16).micro_batch(data_parallel=4) == 4
 
 
-def test_fp32_on_cpu_trains_the_smaller_budget(models, tmp_path):
-    """fp32_cpu_steps: where bf16 is not native the run is the run of that many steps (schedule included)."""
-    small = train(make_job(models, tmp_path / "budget", steps=6, fp32_cpu_steps=3, eval_interval=3))
-    train(make_job(models, tmp_path / "three", steps=3, eval_interval=3))
-    assert losses(tmp_path / "budget") == losses(tmp_path / "three")
-    assert small["steps"] == 3 and small["tokens"] == 3 * 8 * 32 and (tmp_path / "budget/nemo").is_dir()
-    assert small["budget"] == "fp32 on CPU: 3 steps (fp32_cpu_steps) instead of 6, 24 sequences instead of 48"
-    cfg = TrainConfig(steps=6, warmup_steps=1, fp32_cpu_steps=3)
+def test_cpu_budget_shrinks_what_runs_in_fp32_on_a_cpu(tiny_hf, tmp_path):
+    """cpu_budget: where a training section computes in fp32 on a CPU its steps (and warmup, in proportion)
+    shrink when the recipe is loaded; bf16, a smaller section or no budget keep the recipe's numbers."""
+    from minitron.recipe import load_recipe
+
+    def loaded(precision, steps, budget="{reason: fits 30 min, distill_steps: 3, teacher_correction_steps: 2}"):
+        yaml = tmp_path / f"train-{precision}-{steps}.yaml"
+        yaml.write_text(f"steps: {steps}\nwarmup_steps: {steps // 5}\nglobal_batch_size: 8\nprecision: {precision}\n")
+        recipe = write_tiny_recipe(tmp_path, tiny_hf, "[import, teacher_correction, prune, distill]",
+                                   "[{name: depth, num_layers: 2}]",
+                                   f"teacher_correction: {{config: {yaml}}}\ndistill: {{config: {yaml}}}\n"
+                                   + (f"cpu_budget: {budget}\n" if budget else ""))
+        return load_recipe(recipe)
+
     assert not fp32_on_cpu("bf16", "cpu") and not fp32_on_cpu("fp32", "cuda") and fp32_on_cpu("fp32", "cpu")
-    assert cfg.at_precision(False) == (cfg, None)  # bf16, or a GPU: steps
-    assert TrainConfig().at_precision(True)[1] is None
-    assert TrainConfig(steps=2, warmup_steps=1, fp32_cpu_steps=3).at_precision(True)[0].steps == 2
-    short, note = TrainConfig(steps=100, warmup_steps=10, fp32_cpu_steps=16).at_precision(True)
-    assert (short.steps, short.warmup_steps) == (16, 2) and note.endswith(", warmup_steps 2 instead of 10")
-    assert TrainConfig(steps=20, warmup_steps=2, fp32_cpu_steps=6).at_precision(True)[0].warmup_steps == 1
-    assert TrainConfig(steps=20, warmup_steps=0, fp32_cpu_steps=6).at_precision(True)[0].warmup_steps == 0
+    small = loaded("fp32", 10)
+    assert small.distill.train_config().steps == 3 and small.teacher_correction.train_config().steps == 2
+    assert small.distill.train_config().warmup_steps == 1 and small.teacher_correction.train_config().warmup_steps == 1
+    assert small.applied_budget["distill"] == ["3 steps (cpu_budget.distill_steps) instead of 10, 24 sequences "
+                                               "instead of 80, warmup_steps 1 instead of 2"]
+    assert loaded("bf16", 10).applied_budget == {} and loaded("bf16", 10).distill.train_config().steps == 10
+    assert loaded("fp32", 2).distill.train_config().steps == 2  # already smaller than the budget
+    assert loaded("fp32", 10, budget=None).distill.train_config().steps == 10
+    with pytest.raises(MinitronError, match=r"cpu_budget.distill_steps=0 must be >= 1 or null"):
+        loaded("fp32", 10, budget="{distill_steps: 0}")
 
 
 @pytest.mark.parametrize("override, message", [
-    ({"fp32_cpu_steps": 0}, r"fp32_cpu_steps=0 must be >= 1 \(or null\)"),
     ({"global_batch_size": 6, "micro_batch_size": 4}, "not a multiple of micro_batch_size"),
     ({"warmup_steps": 100, "steps": 100}, "warmup_steps"),
     ({"min_lr": 1.0}, "min_lr <= lr"),
@@ -417,11 +425,11 @@ def test_distill_under_external_torchrun_equals_nproc_launch(tiny_hf, tmp_path):
         assert len(losses(tmp_path / "a", student)) == 3
         assert losses(tmp_path / "a", student) == losses(tmp_path / "b", student) == losses(tmp_path / "c", student)
     for root in ("a", "b"):
-        summary = json.loads((tmp_path / root / "tiny/distill-depth/summary.json").read_text())
+        summary = stage_summary(tmp_path / root / "tiny/distill-depth")
         assert summary["trained_with"] == "distill-width" and summary["steps"] == 3
         assert (tmp_path / root / "tiny/distill-depth/hf/config.json").is_file()
         assert not (tmp_path / root / "tiny/distill-depth.work/trained.json").exists()
-    assert "trained_with" not in json.loads((tmp_path / "c/tiny/distill-depth/summary.json").read_text())
+    assert "trained_with" not in stage_summary(tmp_path / "c/tiny/distill-depth")
 
 
 def test_recipe_with_teacher_correction_and_distillation(tiny_hf, tmp_path):
@@ -438,11 +446,11 @@ def test_recipe_with_teacher_correction_and_distillation(tiny_hf, tmp_path):
     proc = run_minitron("distill", "--config", str(recipe), "--output", str(tmp_path / "runs"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "runs/tiny"
-    corrected = json.loads((run / "teacher_correction/summary.json").read_text())
-    imported = json.loads((run / "import/summary.json").read_text())
-    pruned = json.loads((run / "prune-width/summary.json").read_text())
-    distilled = json.loads((run / "distill-width/summary.json").read_text())
-    compared = json.loads((run / "distill-width@teacher/summary.json").read_text())
+    corrected = stage_summary(run / "teacher_correction")
+    imported = stage_summary(run / "import")
+    pruned = stage_summary(run / "prune-width")
+    distilled = stage_summary(run / "distill-width")
+    compared = stage_summary(run / "distill-width@uncorrected")
     assert pruned["teacher"] == distilled["teacher"] == corrected["nemo"]  # the corrected teacher, pruned and taught
     assert (compared["teacher"], compared["teacher_model"]) == (imported["nemo"], "teacher")
     assert distilled["teacher_model"] == "teacher-corrected"
@@ -451,8 +459,8 @@ def test_recipe_with_teacher_correction_and_distillation(tiny_hf, tmp_path):
     assert report.returncode == 0, report.stderr[-2000:]
     text = (run / "report/report.md").read_text()
     section = text.split("## Teacher correction")[1].split("## ")[0]
-    assert "width-distilled (from teacher-corrected)" in section and "width-distilled@teacher (from teacher)" in section
-    assert json.loads((run / "prune-width/summary.json").read_text())["arch"]["hidden_size"] == 48
+    assert "width-distilled (from teacher-corrected)" in section and "width-distilled@uncorrected (from teacher)" in section
+    assert stage_summary(run / "prune-width")["arch"]["hidden_size"] == 48
     assert distilled["steps"] == 4 and (run / "distill-width/loss.png").is_file()
     from transformers import AutoModelForCausalLM
 
@@ -481,7 +489,9 @@ def test_teacher_correction_order_and_stale_students(tiny_hf, tmp_path):
     first = run_minitron("run", "--config", str(recipe), "--output", str(tmp_path / "runs"), "stages=[import, prune]")
     assert first.returncode == 0, first.stderr[-2000:]
     corrected = run_minitron("teacher-correct", "--config", str(recipe), "--output", str(tmp_path / "runs"))
-    assert corrected.returncode == 0, corrected.stderr[-2000:]
+    assert corrected.returncode == 0, corrected.stderr[-2000:]  # the old name still works, and says the new one
+    assert corrected.stderr.count("deprecated") == 1
+    assert "note: `minitron teacher-correct` is deprecated: use `minitron teacher-correction`" in corrected.stderr
     stale = run_minitron("distill", "--config", str(recipe), "--output", str(tmp_path / "runs"))
     assert stale.returncode != 0 and "corrected after pruning" in stale.stderr
     assert not (tmp_path / "runs/tiny/distill-depth").exists()
@@ -489,4 +499,4 @@ def test_teacher_correction_order_and_stale_students(tiny_hf, tmp_path):
     again = run_minitron("distill", "--config", str(recipe), "--output", str(tmp_path / "runs"))
     assert again.returncode == 0, again.stderr[-2000:]
     runs = tmp_path / "runs/tiny"
-    assert json.loads((runs / "prune-depth/summary.json").read_text())["teacher_model"] == "teacher-corrected"
+    assert stage_summary(runs / "prune-depth")["teacher_model"] == "teacher-corrected"

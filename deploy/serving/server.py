@@ -2,8 +2,8 @@
 
     minitron serve [--model DIR] [--backend pytorch|tensorrt_llm] [--host 127.0.0.1] [--port 8000]
 
-Without --model: the newest distilled student of the default recipe (runs/<recipe>/distill-*/hf/), else
-the embedded SmolLM2-135M-Instruct. Everything binds 127.0.0.1 unless --host says otherwise.
+Without --model: what `minitron model newest` names (the product of the default recipe's newest
+distillation, else the embedded SmolLM2-135M-Instruct). Everything binds 127.0.0.1 unless --host says otherwise.
 """
 
 from __future__ import annotations
@@ -22,9 +22,6 @@ from pathlib import Path
 
 from minitron.errors import MinitronError
 
-REPO = Path(__file__).resolve().parents[2]
-DEFAULT_RECIPE = REPO / "recipes" / "smollm2-135m_minitron_cpu.yaml"
-EMBEDDED_DEFAULT = "embedded:smollm2-135m-instruct"
 
 #: --backend -> "module:class" of a `backend.Backend`. Imported only when chosen: TensorRT-LLM exists only
 #: in its GPU container, and nothing of torch may load before `passive_omp_threads`.
@@ -55,16 +52,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 # The training side (recipe, run folder, models) imports torch, which must wait for passive_omp_threads,
 # so these functions import it when called.
 def default_model() -> Path:
-    """Newest distilled student of the default recipe, else the embedded default model."""
-    from minitron.models import resolve_hf_source
+    """The product of the default recipe's newest distillation, else the embedded default model
+    (`minitron model newest`)."""
     from minitron.recipe import load_recipe
     from minitron.run_folder import RunFolder
 
-    with contextlib.suppress(MinitronError):
-        newest = RunFolder(load_recipe(DEFAULT_RECIPE)).newest_distilled()  # output_root is relative to cwd
-        if newest:
-            return newest
-    return resolve_hf_source(EMBEDDED_DEFAULT)
+    return RunFolder(load_recipe(None)).newest_or_default()  # the run's output_root is relative to cwd
 
 
 def load_backend(kind: str, model_dir: Path, name: str, **options):
@@ -126,8 +119,8 @@ def passive_omp_threads() -> None:
     """Let idle OpenMP threads sleep instead of spin (must happen before torch is imported).
 
     A server shares its cores between torch's intra-op threads and the facade, PyTriton and tritonserver;
-    spinning OpenMP workers steal them. Measured on this 2-core machine while other jobs ran: SmolLM2 batch-1
-    generation went from 0.6-0.9 to 7-11 tokens/s. An OMP_WAIT_POLICY already set by the user wins.
+    spinning OpenMP workers steal them, which on a small machine slows generation by an order of magnitude
+    (docs/cpu.md). An OMP_WAIT_POLICY already set by the user wins.
     """
     if "torch" not in sys.modules:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

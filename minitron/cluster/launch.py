@@ -33,7 +33,7 @@ from pathlib import Path
 from minitron import config
 from minitron.cluster.config import LaunchConfig
 from minitron.errors import MinitronError
-from minitron.recipe import Recipe, load_recipe
+from minitron.recipe import DEFAULT_RECIPE, Recipe, load_recipe
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parents[2]
 STAGE_TASKS = {
     "import": (["run"], "single", ["stages=[import]"]),
     "verify": (["run"], "node", ["stages=[import, verify]"]),
-    "teacher_correction": (["teacher-correct"], "all", []),
+    "teacher_correction": (["teacher-correction"], "all", []),
     "prune": (["prune"], "ranks", []),
     "distill": (["distill"], "all", []),
     "eval": (["eval"], "single", []),
@@ -49,7 +49,7 @@ STAGE_TASKS = {
 }
 #: subcommand -> the recipe stages it needs, in order (teacher_correction only where the recipe has it)
 SUBCOMMAND_STAGES = {
-    "teacher-correct": ("import", "teacher_correction"),
+    "teacher-correction": ("import", "teacher_correction"),
     "prune": ("import", "teacher_correction", "prune"),
     "distill": ("import", "teacher_correction", "prune", "distill"),
     "eval": ("eval",),
@@ -70,10 +70,12 @@ def launch_command(args) -> dict:
     sub = args.job[1:] if args.job[:1] == ["--"] else args.job
     if not sub or sub[0] == "launch":
         raise MinitronError("launch: give the minitron command after --, e.g. minitron launch -- distill --config R")
-    from minitron.cli import parser
+    from minitron.cli import DEPRECATED, RECIPE_COMMANDS, parser
 
     parsed = parser().parse_args(sub)
-    recipe = load_recipe(parsed.config, parsed.overrides, parsed.output) if getattr(parsed, "config", None) else None
+    sub = [DEPRECATED.get(sub[0], sub[0]), *sub[1:]]
+    recipe = load_recipe(parsed.config, parsed.overrides, getattr(parsed, "output", None)) \
+        if sub[0] in RECIPE_COMMANDS else None
     cfg = launch_config(recipe, args)
     problems = cfg.site_problems() + (layout_problems(recipe, cfg, sub[0]) if recipe else [])
     if not problems and recipe and cfg.executor != "local" and {"distill", "teacher_correction"} & set(
@@ -141,7 +143,7 @@ def _stages(subcommand: str, recipe: Recipe) -> list[str]:
         return list(recipe.stages)
     wanted = SUBCOMMAND_STAGES.get(subcommand, ())
     return [s for s in wanted if s != "teacher_correction" or "teacher_correction" in recipe.stages
-            or subcommand == "teacher-correct"]
+            or subcommand == "teacher-correction"]
 
 
 def plan_tasks(sub: list[str], parsed, recipe: Recipe | None, cfg: LaunchConfig) -> list[Task]:
@@ -161,8 +163,9 @@ def plan_tasks(sub: list[str], parsed, recipe: Recipe | None, cfg: LaunchConfig)
     return tasks
 
 
-def _recipe_path(path: str, cfg: LaunchConfig) -> str:
+def _recipe_path(path: str | None, cfg: LaunchConfig) -> str:
     """Local runs take the file as it is here; container tasks run in the shipped checkout (repo-relative)."""
+    path = path or str(DEFAULT_RECIPE)
     resolved = Path(path).resolve()
     if cfg.executor == "local":
         return str(resolved)

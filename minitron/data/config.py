@@ -13,10 +13,8 @@ SPLITS = ("train", "validation", "test")
 @dataclass
 class DataConfig:
     source: str = doc("embedded:python-docs",
-                      "text to train/calibrate/evaluate on: embedded:python-docs (Python 3.11 docs from "
-                      "Debian's python3.11-doc, ~2.4M SmolLM2 tokens), a .txt/.jsonl/.json/.parquet file or "
-                      "a folder of them, or hf:<dataset>[:<config>] (needs the Hugging Face hub), e.g. "
-                      "hf:Salesforce/wikitext:wikitext-103-raw-v1")
+                      "text to train, calibrate and evaluate on: embedded:python-docs (docs/data.md), a "
+                      ".txt/.jsonl/.json/.parquet file or folder, or hf:<dataset>[:<config>] (needs the hub)")
     text_key: str = doc("text", "field that holds the text in .jsonl/.json/.parquet rows")
     txt_documents: Literal["paragraphs", "file"] = doc(
         "paragraphs", ".txt files: 'paragraphs' makes every blank-line-separated block a document; "
@@ -33,10 +31,8 @@ class DataConfig:
                             "false rebuilds it")
     cache_dir: Optional[str] = doc(None, "folder for prepared data; null means $MINITRON_CACHE/data "
                                          "(default ~/.cache/minitron/data)")
-    blend: list = doc([], "weighted blend of pre-tokenized data, as Megatron's --data-path: [w1, dir1, w2, dir2, ...], "
-                          "each dir written by `minitron data prepare --output dir` (its train/validation/test "
-                          "indexed datasets); training samples follow the weights, held-out splits are taken "
-                          "whole. When set, `source` is not read")
+    blend: list = doc([], "weighted blend of `minitron data prepare` folders, as Megatron's --data-path: "
+                          "[w1, dir1, w2, dir2, ...]; replaces `source` when set (docs/data.md)")
     workers: int = doc(1, "tokenizer processes when preparing `source` (`minitron data prepare --workers N`); the "
                           "output is the same for any N")
 

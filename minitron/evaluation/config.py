@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Callable, Literal, Optional
+from typing import Literal, Optional
 
 from minitron.config import at_least_one, doc
 from minitron.runtime.precision import check as check_precision
@@ -20,14 +19,9 @@ class PerplexitySection:
     stride: Optional[int] = doc(None, "tokens between window starts; null = window // 2 (see "
                                       "minitron/evaluation/perplexity.py for the method)")
     batch_size: int = doc(4, "windows per forward pass")
-    fp32_cpu_max_tokens: Optional[int] = doc(
-        None, "max_tokens where perplexity runs in fp32 on a CPU (auto on CPUs without native bf16, 2-3x slower), "
-              "so a CPU recipe fits its time on every machine; the report says so. null: max_tokens always")
 
     def check(self) -> list[str]:
         problems = at_least_one(self, ["max_tokens", "batch_size"], "eval.perplexity.")
-        if self.fp32_cpu_max_tokens is not None and self.fp32_cpu_max_tokens < 1:
-            problems.append(f"eval.perplexity.fp32_cpu_max_tokens={self.fp32_cpu_max_tokens} must be >= 1 or null")
         for key in ("window", "stride"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 problems.append(f"eval.perplexity.{key}={getattr(self, key)} must be >= 1 or null")
@@ -37,23 +31,18 @@ class PerplexitySection:
 @dataclass
 class LmEvalSection:
     tasks: list[str] = doc(["pydocs_cloze", "pydocs_choice"],
-                           "lm-evaluation-harness tasks: the offline tasks built from the held-out split "
-                           "(pydocs_*) and/or standard ones (hellaswag, arc_challenge, winogrande, mmlu, ...; "
-                           "marked skipped in the report when their data cannot be reached)")
+                           "lm-evaluation-harness tasks: pydocs_* (built from the held-out split) and standard "
+                           "ones such as hellaswag or mmlu (skipped where their data cannot be reached)")
     limit: Optional[int] = doc(200, "items per task (null = all)")
     num_fewshot: int = doc(0, "few-shot examples per item")
     batch_size: int = doc(8, "lm-eval batch size")
     dtype: str = doc("auto", "model dtype inside lm-eval: auto|bf16|fp32 (auto: bf16 where the hardware "
                              "computes it natively, else fp32)")
-    fp32_cpu_limit: Optional[int] = doc(
-        None, "limit where lm-eval runs in fp32 on a CPU (auto on CPUs without native bf16, 2-3x slower), so a "
-              "CPU recipe fits its time on every machine; the report says so. null: limit always")
 
     def check(self) -> list[str]:
         problems = at_least_one(self, ["batch_size"], "eval.lm_eval.") + check_precision(self.dtype, "eval.lm_eval.dtype")
-        for key in ("limit", "fp32_cpu_limit"):
-            if getattr(self, key) is not None and getattr(self, key) < 1:
-                problems.append(f"eval.lm_eval.{key}={getattr(self, key)} must be >= 1 or null")
+        if self.limit is not None and self.limit < 1:
+            problems.append(f"eval.lm_eval.limit={self.limit} must be >= 1 or null")
         if self.num_fewshot < 0:
             problems.append(f"eval.lm_eval.num_fewshot={self.num_fewshot} must be >= 0")
         return problems
@@ -78,8 +67,8 @@ class ThroughputSection:
 @dataclass
 class EvalConfig:
     models: list[str] = doc([], "which models of the run to evaluate (names as in the report: teacher, "
-                                "teacher-corrected, <student>-pruned, <student>-distilled, <student>-distilled@teacher); "
-                                "empty = all")
+                                "teacher-corrected, <student>-pruned, <student>-distilled, "
+                                "<student>-distilled@uncorrected); empty = all")
     extra_models: list[str] = doc([], "more HF checkpoints to evaluate alongside, as NAME=HF_DIR (e.g. an "
                                       "FP8 export)")
     dtype: str = doc("auto", "model dtype for perplexity: auto|bf16|fp32")
@@ -90,17 +79,3 @@ class EvalConfig:
 
     def check(self) -> list[str]:
         return check_precision(self.dtype, "eval.dtype")
-
-    def at_precision(self, fp32_cpu: Callable[[str], bool]) -> tuple["EvalConfig", list[str]]:
-        """This config as it runs here: the fp32_cpu_* sizes replace the sizes of the measurements that
-        `fp32_cpu(dtype)` says run in fp32 on a CPU; and the replacements, in words."""
-        ppl, lm, notes = self.perplexity, self.lm_eval, []
-        if ppl.fp32_cpu_max_tokens is not None and fp32_cpu(self.dtype):
-            notes.append(f"perplexity over {ppl.fp32_cpu_max_tokens} tokens (eval.perplexity.fp32_cpu_max_tokens) "
-                         f"instead of {ppl.max_tokens}")
-            ppl = dataclasses.replace(ppl, max_tokens=ppl.fp32_cpu_max_tokens)
-        if lm.fp32_cpu_limit is not None and fp32_cpu(lm.dtype):
-            notes.append(f"lm-eval on {lm.fp32_cpu_limit} items per task (eval.lm_eval.fp32_cpu_limit) "
-                         f"instead of {lm.limit}")
-            lm = dataclasses.replace(lm, limit=lm.fp32_cpu_limit)
-        return dataclasses.replace(self, perplexity=ppl, lm_eval=lm), notes

@@ -139,10 +139,14 @@ def _training_table(stages: dict) -> list[str]:
               "val LM loss after", "teacher val LM loss", "val KD loss"]
     if not rows:
         return ["(no training stage in this run)"]
-    # A smaller token budget where bf16 is not native (fp32_cpu_steps): results are not comparable to bf16 runs'.
-    budgets = [f"* {name}: {s['budget']}" for name, s in stages.items() if is_training(name) and s.get("budget")]
-    return _markdown_table(header, rows) + (["", "Token budget reduced to fit the time on this hardware:", *budgets]
-                                            if budgets else [])
+    # A smaller token budget where bf16 is not native (cpu_budget): results are not comparable to bf16 runs'.
+    budgets = {name: s for name, s in stages.items() if is_training(name) and s.get("budget")}
+    if not budgets:
+        return _markdown_table(header, rows)
+    reason = next(iter(budgets.values())).get("budget_reason")
+    return _markdown_table(header, rows) + ["", f"Token budget reduced to fit the time on this hardware (fp32 on CPU"
+                                                f"{'; ' + reason if reason else ''}):",
+                                            *[f"* {name}: {s['budget']}" for name, s in budgets.items()]]
 
 
 def _teacher_correction_table(folder: RunFolder, stages: dict, results: dict) -> list[str]:
@@ -170,8 +174,9 @@ def _teacher_correction_table(folder: RunFolder, stages: dict, results: dict) ->
     tc = stages["teacher_correction"]
     return ["", "## Teacher correction", "",
             f"The teacher was fine-tuned on the distillation data ({_fmt(tc.get('tokens'))} tokens) before pruning; "
-            "students are pruned from and distilled from the corrected teacher. A row marked `@teacher` is the same "
-            "pruned student distilled from the uncorrected teacher, at the same tokens (`distill.from_uncorrected_teacher`). "
+            "students are pruned from and distilled from the corrected teacher. A row marked `@uncorrected` is the "
+            "same pruned student distilled from the uncorrected teacher, at the same tokens "
+            "(`distill.from_uncorrected_teacher`). "
             "Gap closed: the share of the pruned student's held-out log-perplexity gap to the corrected teacher that "
             "distillation closed, (ln ppl pruned - ln ppl distilled) / (ln ppl pruned - ln ppl teacher-corrected).",
             "", *_markdown_table(["model", "val LM loss", "perplexity", "gap closed", *tasks], rows)]
@@ -219,8 +224,9 @@ def _markdown(folder: RunFolder, stages: dict, results: dict, plots: list[str]) 
                   "strided windows (see `minitron/evaluation/perplexity.py`). Tasks: lm-evaluation-harness, "
                   "accuracy. Speed: PyTorch, largest batch measured; the ideal FLOP ratio is the speedup "
                   "that forward FLOPs per token alone predict.", ""]
-        if ev.get("budget"):  # eval.*.fp32_cpu_*: not comparable with runs on CPUs with native bf16
-            lines += ["Smaller measurements to fit the time on this hardware (fp32 on CPU): "
+        if ev.get("budget"):  # cpu_budget: not comparable with runs on CPUs with native bf16
+            reason = f"; {ev['budget_reason']}" if ev.get("budget_reason") else ""
+            lines += [f"Smaller measurements to fit the time on this hardware (fp32 on CPU{reason}): "
                       + "; ".join(ev["budget"]) + ".", ""]
         lines += [f"* `{task}` skipped: {reason}" for task, reason in skip_reasons(results).items()]
         lines += ["", "## Speed", ""]

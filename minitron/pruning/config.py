@@ -21,10 +21,8 @@ class StudentConfig:
     depth_method: Literal["importance", "contiguous", "lm_loss", "tail"] = doc(
         "importance", "which layers go: lowest Minitron layer scores, the lowest-scoring contiguous block "
         "(first and last layers kept), lowest LM-loss increase when removed one at a time, or simply the last ones")
-    drop_layers: list[int] = doc([], "depth by name: the layers to drop, 1-indexed as Model Optimizer's "
-                                     "drop_mcore_language_model_layers and NeMo's Minitron tutorial number them "
-                                     "(Llama-3.1-Minitron-4B-Depth: 16..31 of 32, keeping 1-15 and 32); "
-                                     "num_layers, if given, must equal the layers left")
+    drop_layers: list[int] = doc([], "depth by name: the layers to drop, 1-indexed as Model Optimizer numbers "
+                                     "them (Llama-3.1-Minitron-4B-Depth: 16..31 of 32); num_layers must agree")
     params: Optional[float] = doc(None, "instead of a shape: parameter budget as a fraction of the teacher "
                                         "(e.g. 0.5); Model Optimizer searches shapes and picks the best by "
                                         "validation loss")

@@ -7,6 +7,7 @@ arrive pre-tokenized in a safetensors file, so every rank sees identical batches
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import sys
@@ -43,6 +44,7 @@ class PruneJob:
     prune: PruneConfig
     pipeline_parallel: int = 1
     result: str = ""       # JSON written by the last pipeline rank
+    log: str = ""          # Model Optimizer's own output goes here (its per-layer lines); "" = the screen
 
 
 def check_target(student: StudentConfig, arch: LlamaArch, cfg: PruneConfig, tensor_parallel: int,
@@ -114,7 +116,7 @@ def calibrate_scores(job: PruneJob, cfg: PruneConfig, calibration: torch.Tensor)
     model, _ = _load_teacher(job, cfg)
     batches = _batches(calibration, cfg.calibration_batch_size)
     start = time.perf_counter()
-    with cpu_compat.device_scope():  # Model Optimizer moves its broadcasts to "cuda" literally
+    with cpu_compat.device_scope(), modelopt_output(job):  # it moves its broadcasts to "cuda" literally
         scores = imp.calibrate(model, lambda m: forward_only(m, batches), _minitron_config(cfg))
     scores.info.update(samples=int(calibration.shape[0]), seq_length=int(calibration.shape[1] - 1),
                        tokens=int(calibration[:, :-1].numel()), seconds=round(time.perf_counter() - start, 3),
@@ -191,13 +193,18 @@ def run_job(job: PruneJob) -> dict:
         search["scores_path"] = str(Path(tmp) / f"scores_rank{torch.distributed.get_rank()}.pth")
         torch.save(state, search["scores_path"])
         try:
-            with cpu_compat.device_scope():
+            with cpu_compat.device_scope(), modelopt_output(job):
                 model, _ = mtp.prune(model, mode=[("mcore_minitron", _minitron_config(cfg))],
                                      constraints=constraints, dummy_input=None, config=search)
         except AssertionError as e:
             raise MinitronError(f"Model Optimizer rejected student {student.name}: {e}") from None
     prune_seconds = time.perf_counter() - start
     pruned = _pruned_arch(model, arch)
+    if distributed.is_rank0():
+        print(f"  Model Optimizer cut {student.name}: hidden {arch.hidden_size}->{pruned.hidden_size}, FFN "
+              f"{arch.ffn_hidden_size}->{pruned.ffn_hidden_size}, heads {arch.num_attention_heads}->"
+              f"{pruned.num_attention_heads}, layers {arch.num_layers}->{pruned.num_layers} in {prune_seconds:.1f} s"
+              + (f" (its log: {job.log})" if job.log else ""), flush=True)
     student_loss = lm_loss(model, validation)
     _, dtype, hf_config = nemo.read_context(job.teacher)
     out = Path(job.output)
@@ -219,6 +226,17 @@ def run_job(job: PruneJob) -> dict:
     if job.result and distributed.is_rank0():
         Path(job.result).write_text(json.dumps(result, indent=2))
     return result
+
+
+@contextlib.contextmanager
+def modelopt_output(job: PruneJob):
+    """Model Optimizer prints a line per sorted layer and search candidate: into the job's log, not the screen."""
+    if not job.log:
+        yield
+        return
+    Path(job.log).parent.mkdir(parents=True, exist_ok=True)
+    with open(job.log, "a", buffering=1) as log, contextlib.redirect_stdout(log):
+        yield
 
 
 def _pruned_arch(model, teacher: LlamaArch) -> LlamaArch:

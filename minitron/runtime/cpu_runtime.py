@@ -1,15 +1,14 @@
 """The OpenMP runtime and memory allocator of CPU runs: Intel OpenMP and tcmalloc where they are installed.
 
 A KD step on a small model is hundreds of short elementwise kernels (norms, rotary embeddings, casts,
-residual adds, the chunked KL) between the matmuls, and each one starts and joins PyTorch's OpenMP
-thread team. With GNU OpenMP (libgomp, what PyTorch's wheels link) a bf16 KD step of the demo's
-width student took 3.2-3.4 s on 2 cores (AVX512/AMX); with Intel OpenMP preloaded 2.7 s, and with
-tcmalloc as well 2.4-2.5 s (timed inside the training loop; `make bench-kd-loop` and the demo give the same
-held-out losses under either runtime). It is what
-PyTorch's own CPU launcher does (``python -m torch.backends.xeon.run_cpu``: LD_PRELOAD of libiomp5 and
-tcmalloc, ``KMP_BLOCKTIME=1``); that launcher also pins cores and finds tcmalloc only as an unversioned
-``libtcmalloc.so``, so the compute subcommands of ``minitron`` do the preload themselves: they re-run
-themselves once with the libraries in ``LD_PRELOAD`` (a library can only be preloaded at process start).
+residual adds, the chunked KL) between the matmuls, and each one starts and joins PyTorch's OpenMP thread
+team; Intel OpenMP starts and joins it faster than GNU OpenMP (libgomp, what PyTorch's wheels link), and
+tcmalloc hands a step back the pages of the previous one (timings: docs/cpu.md; the results are bit for bit
+the same). It is what PyTorch's own CPU launcher does (``python -m torch.backends.xeon.run_cpu``: LD_PRELOAD
+of libiomp5 and tcmalloc, ``KMP_BLOCKTIME=1``); that launcher also pins cores and finds tcmalloc only as an
+unversioned ``libtcmalloc.so``, so the compute subcommands of ``minitron`` do the preload themselves: they
+re-run themselves once with the libraries in ``LD_PRELOAD`` (a library can only be preloaded at process
+start).
 
 * Intel OpenMP comes from the ``intel-openmp`` wheel (``requirements/cpu-runtime.txt``, installed by
   ``make setup``) as ``<venv>/lib/libiomp5.so``.

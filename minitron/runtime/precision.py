@@ -1,12 +1,12 @@
 """Which precision to compute in, chosen from the hardware: ``auto`` = bf16 where it is native, else fp32.
 
-GPUs compute bf16 natively. CPUs differ by a factor of ~2000 between kinds: with AVX512-BF16 or AMX
-(Sapphire Rapids, Zen 4 and later) or Arm's BF16 extension a bf16 matmul runs ~4x faster than fp32,
-while on AVX2-only CPUs PyTorch emulates it and it runs ~500x *slower* (measured: 0.3 vs 147
-GFLOP/s). So no recipe hard-codes a CPU precision: they say ``auto``, and this module decides from
-what PyTorch reports about the CPU and, where that says nothing, a short measured probe.
+GPUs compute bf16 natively. CPUs differ by orders of magnitude between kinds: with AVX512-BF16 or AMX
+(Sapphire Rapids, Zen 4 and later) or Arm's BF16 extension a bf16 matmul is faster than fp32, while on
+AVX2-only CPUs PyTorch emulates it, hundreds of times slower (docs/cpu.md). So no recipe hard-codes a
+CPU precision: they say ``auto``, and this module decides from what PyTorch reports about the CPU and,
+where that says nothing, a short probe.
 
-An explicit ``bf16`` on a CPU without native bf16 is obeyed, with one warning that gives the measured
+An explicit ``bf16`` on a CPU without native bf16 is obeyed, with one warning that gives the probed
 slowdown. The choice and its reason go into every stage summary and the report (`describe`).
 """
 
@@ -69,7 +69,7 @@ def resolve(requested: str, device: torch.device | str | None = None) -> Precisi
 
 
 def fp32_on_cpu(requested: str, device: torch.device | str | None = None) -> bool:
-    """Does `requested` compute in fp32 on a CPU here? (CPU recipes size their fp32_cpu_* budgets by it.)"""
+    """Does `requested` compute in fp32 on a CPU here? (A recipe's `cpu_budget` applies where it does.)"""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     return device.type == "cpu" and resolve(requested, device).name == "fp32"
 

@@ -1,14 +1,14 @@
 """Stage `eval`: every model of the run measured the same way, side by side.
 
 Models are the exported HF checkpoints the earlier stages left: ``teacher`` (import),
-``teacher-corrected``, ``<student>-pruned``, ``<student>-distilled`` and ``<student>-distilled@teacher``
+``teacher-corrected``, ``<student>-pruned``, ``<student>-distilled`` and ``<student>-distilled@uncorrected``
 (distilled from the uncorrected teacher), whichever exist.
 For each: parameters, held-out perplexity (minitron/evaluation/perplexity.py), and
 lm-evaluation-harness tasks; then one throughput run over all of them, in turns.
 
 The stage is refreshed on every run (new checkpoints join the table), but each measurement
-is cached in ``eval.work/`` under a key of the checkpoint (path, size, mtime) and the
-settings, so a rerun re-measures only what changed.
+is cached in ``eval.work/`` under a key of the checkpoint (its place in the run folder, file sizes and
+times) and the settings, so a rerun re-measures only what changed, also after the run folder moved.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from minitron.evaluation.perplexity import file_tokens, load_causal_lm, perplexi
 from minitron.io import write_json_atomic
 from minitron.pruning.report import parameter_breakdown
 from minitron.recipe import Recipe
-from minitron.run_folder import RunFolder
+from minitron.run_folder import LEGACY_UNCORRECTED, UNCORRECTED, RunFolder
 from minitron.runtime.llama import LlamaArch
-from minitron.runtime.precision import fp32_on_cpu, resolve as resolve_precision
+from minitron.runtime.precision import resolve as resolve_precision
 
 
 def run_models(folder: RunFolder) -> dict[str, Path]:
@@ -35,7 +35,7 @@ def run_models(folder: RunFolder) -> dict[str, Path]:
     plus `eval.extra_models`."""
     recipe = folder.recipe
     stages, models = folder.model_stages(), folder.models()
-    wanted = recipe.eval.models
+    wanted = [m.replace(LEGACY_UNCORRECTED, UNCORRECTED) for m in recipe.eval.models]
     unknown = [m for m in wanted if m not in stages]
     if unknown:
         raise MinitronError(f"eval.models: unknown model(s) {unknown}; this recipe has {list(stages)}")
@@ -61,10 +61,8 @@ def named_model(spec: str, source: str) -> tuple[str, Path]:
 
 def run(folder: RunFolder, stage: str, out: Path) -> dict:
     recipe, work = folder.recipe, folder.work_dir(stage)
+    cfg = recipe.eval
     models = run_models(folder)
-    # Smaller measurements where they run in fp32 on a CPU (eval.*.fp32_cpu_*): the rest of this stage sees them.
-    cfg, budget = recipe.eval.at_precision(fp32_on_cpu)
-    recipe = dataclasses.replace(recipe, eval=cfg)
     tokenizer_dir = next(iter(models.values()))
     tokens = _eval_tokens(recipe, tokenizer_dir)
     facts = {name: _model_facts(hf_dir) for name, hf_dir in models.items()}
@@ -73,21 +71,23 @@ def run(folder: RunFolder, stage: str, out: Path) -> dict:
         print(f"[eval] {name}: {hf_dir}")
         results[name] = {"hf": str(hf_dir), **facts[name]}
         if "perplexity" not in cfg.skip:
-            results[name]["perplexity"] = _cached(work, "perplexity", hf_dir, _settings(recipe, "perplexity"),
+            results[name]["perplexity"] = _cached(work, "perplexity", folder.portable(str(hf_dir)), hf_dir,
+                                                  _settings(recipe, "perplexity"),
                                                   lambda h=hf_dir: _perplexity(recipe, h, tokens))
         if "lm_eval" not in cfg.skip:
-            results[name]["lm_eval"] = _cached(work, "lm_eval", hf_dir, _settings(recipe, "lm_eval"),
-                                               lambda h=hf_dir: _lm_eval(recipe, h))
+            results[name]["lm_eval"] = _cached(work, "lm_eval", folder.portable(str(hf_dir)), hf_dir,
+                                               _settings(recipe, "lm_eval"), lambda h=hf_dir: _lm_eval(recipe, h))
     if "throughput" not in cfg.skip:
         speed = _throughput(recipe, models, facts, tokens, work)
         for name in models:
             results[name]["throughput"] = speed[name]
-    write_json_atomic(out / "results.json", results)
+    write_json_atomic(out / "results.json", folder.portable(results))
     precision = {what: resolve_precision(dtype).to_dict() for what, dtype in
                  (("perplexity", cfg.dtype), ("lm_eval", cfg.lm_eval.dtype), ("throughput", cfg.throughput.dtype))}
     return {"models": results, "precision": precision, "perplexity_tokens": len(tokens),
             "perplexity_text": cfg.perplexity.file or f"{recipe.data.source} [{cfg.perplexity.split}]",
-            "budget": budget}
+            "budget": recipe.applied_budget.get("eval"),
+            "budget_reason": recipe.cpu_budget.reason if recipe.applied_budget.get("eval") else None}
 
 
 def _model_facts(hf_dir: Path) -> dict:
@@ -146,7 +146,7 @@ def _throughput(recipe: Recipe, models: dict[str, Path], facts: dict[str, dict],
         results = tp.measure(loaded, tokens, cfg)
         return tp.with_speedups(results, "teacher" if "teacher" in results else next(iter(results)))
 
-    results = _cached(work, "throughput", None, key, measure)
+    results = _cached(work, "throughput", None, None, key, measure)
     return {name: {**results[names[0]], "measured_as": names[0]} for names in shapes.values() for name in names}
 
 
@@ -162,10 +162,11 @@ def _checkpoint_key(hf_dir: Path) -> list:
     return sorted((p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in Path(hf_dir).glob("*.safetensors"))
 
 
-def _cached(work: Path, what: str, hf_dir: Path | None, settings: dict, compute):
-    """Reuse a measurement when the checkpoint and the settings are unchanged."""
+def _cached(work: Path, what: str, where: str | None, hf_dir: Path | None, settings: dict, compute):
+    """Reuse a measurement when the checkpoint (`where` it is, run-relative inside the run) and the settings
+    are unchanged."""
     key = {"what": what, "settings": settings,
-           **({"hf": str(hf_dir), "checkpoint": _checkpoint_key(hf_dir)} if hf_dir else {})}
+           **({"hf": where, "checkpoint": _checkpoint_key(hf_dir)} if hf_dir else {})}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
     path = work / f"{what}-{digest}.json"
     if path.is_file():

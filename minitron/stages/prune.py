@@ -64,9 +64,11 @@ def make_job(folder: RunFolder, stage: str, where: Path) -> PruneJob:
     digest = write_tokens(recipe, folder.imported_teacher()["hf"], tokens)
     scores = scores_dir(folder, teacher, digest)
     scores.parent.mkdir(parents=True, exist_ok=True)
+    for partial in scores.parent.glob(".partial-*"):  # scores of a calibration killed before it finished
+        shutil.rmtree(partial, ignore_errors=True)
     return PruneJob(teacher=str(teacher), output=str(where / "nemo"), scores=str(scores), tokens=str(tokens),
                     student=student, prune=recipe.prune, pipeline_parallel=recipe.layout("prune").pipeline_parallel,
-                    result=str(where / "prune_result.json"))
+                    result=str(where / "prune_result.json"), log=str(where / "modelopt.log"))
 
 
 def run(folder: RunFolder, stage: str, out: Path) -> dict:
@@ -85,6 +87,8 @@ def finish(folder: RunFolder, out: Path, job: PruneJob, result: dict) -> dict:
     """Export the pruned student to HF, check the two agree, write the report; the stage's summary."""
     if Path(job.output) != out / "nemo":  # pruned by an external torchrun into the work folder
         shutil.move(job.output, out / "nemo")
+        if Path(job.log).is_file():
+            shutil.move(job.log, out / "modelopt.log")
     tokens = Path(job.tokens)
     export = nemo_to_hf(out / "nemo", out / "hf")
     parity = _hf_parity(out / "nemo", out / "hf", tokens)

@@ -1,8 +1,10 @@
 """Stage `teacher_correction`: fine-tune the teacher on the distillation data before pruning.
 
-Minitron's "teacher correction": the teacher never saw the distillation corpus, so it is first
-trained on it with the plain LM loss; when the recipe lists this stage, prune and distill use the
-corrected teacher (`RunFolder.teacher_nemo`).
+Minitron's "teacher correction": the teacher never saw the distillation corpus, so it is first trained
+on it with the plain LM loss; when the recipe lists this stage (or it was run into the folder), prune and
+distill use the corrected teacher (model ``teacher-corrected``, `RunFolder.teacher_nemo`). Writes
+``nemo/``, ``hf/``, ``metrics.jsonl``, ``loss.png`` and ``summary.json``; the job, launch and export are
+the ones both training stages share (`minitron.stages.training`).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from minitron.run_folder import RunFolder
-from minitron.training.stage import train_stage
+from minitron.stages.training import train_stage
 
 
 def run(folder: RunFolder, stage: str, out: Path) -> dict:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Literal, Optional
 
@@ -19,9 +18,8 @@ class KDConfig:
                                               "losses, e.g. for depth-pruned students "
                                               "[decoder.layers.7, decoder.layers.15, cosine]")
     chunk_tokens: int | Literal["auto"] | None = doc(
-        "auto", "compute the logit KL over chunks of this many tokens, so the fp32 [tokens x vocab] temporaries "
-                "never all exist at once (the same loss); auto: 2^21 values per chunk on CPU (42 tokens of SmolLM2's "
-                "vocabulary, 16 of Llama 3.1's), 2^26 on GPUs; null: Model Optimizer's unchunked loss")
+        "auto", "compute the logit KL over chunks of this many tokens (the same loss in less memory); auto: sized "
+                "for the device (minitron/training/kd_loss.py); null: Model Optimizer's unchunked loss")
 
     def check(self) -> list[str]:
         problems = []
@@ -40,9 +38,8 @@ class KDConfig:
 @dataclass
 class TrainConfig:
     steps: int = doc(100, "optimizer steps")
-    micro_batch_size: int | None = doc(4, "sequences per forward/backward on one rank; null: global_batch_size / "
-                                          "data-parallel size, one micro-batch per rank and step (fastest where "
-                                          "memory allows, as on CPU, whatever the process count)")
+    micro_batch_size: int | None = doc(4, "sequences per forward/backward on one rank; null: one micro-batch per "
+                                          "rank and step (global_batch_size / data-parallel size)")
     global_batch_size: int = doc(16, "sequences per optimizer step over all data-parallel ranks "
                                      "(a multiple of micro_batch_size x DP; the rest is gradient accumulation)")
     lr: float = doc(1e-4, "peak learning rate (Minitron distillation: 1e-4)")
@@ -54,13 +51,8 @@ class TrainConfig:
     adam_eps: float = doc(1e-8, "AdamW epsilon")
     clip_grad: float = doc(1.0, "clip the global gradient norm to this (0 disables)")
     precision: Literal["auto", "bf16", "fp32"] = doc(
-        "auto", "bf16 compute with fp32 master weights, or fp32 throughout; auto: bf16 on GPUs and on CPUs that "
-                "compute it natively (AVX512-BF16, AMX, Arm BF16), fp32 on other CPUs (minitron/runtime/precision.py)")
-    fp32_cpu_steps: Optional[int] = doc(
-        None, "steps instead of `steps` where training runs in fp32 on a CPU (what auto chooses on CPUs without "
-              "native bf16, where a token costs 2-3x the bf16 time): a smaller token budget, so a CPU recipe fits its "
-              "time on every machine; warmup_steps shrinks in proportion; the stage summary and the report say which "
-              "budget ran. null: `steps` always (so does a smaller `steps`)")
+        "auto", "bf16 compute with fp32 master weights, or fp32 throughout; auto: bf16 where the hardware computes "
+                "it natively, else fp32 (minitron/runtime/precision.py)")
     seed: int = doc(1234, "seed for initialisation order, dropout and data order")
     log_interval: int = doc(1, "steps between log lines / TensorBoard points")
     eval_interval: int = doc(50, "steps between validations (and at the end)")
@@ -74,21 +66,6 @@ class TrainConfig:
         """Sequences per micro-batch on each of `data_parallel` ranks (resolving null)."""
         return self.micro_batch_size or max(1, self.global_batch_size // data_parallel)
 
-    def at_precision(self, fp32_cpu: bool) -> tuple["TrainConfig", str | None]:
-        """This config as it runs here, and the change in words (None: none). When training computes in
-        fp32 on a CPU, `fp32_cpu_steps` replaces `steps` where it is smaller (a run overridden to fewer
-        steps keeps them)."""
-        if not fp32_cpu or self.fp32_cpu_steps is None or self.fp32_cpu_steps >= self.steps:
-            return self, None
-        steps = self.fp32_cpu_steps
-        # The same schedule, shorter: warmup keeps its share of the steps (at least one step if any).
-        warmup = max(min(self.warmup_steps, 1), round(self.warmup_steps * steps / self.steps))
-        note = (f"fp32 on CPU: {steps} steps (fp32_cpu_steps) instead of {self.steps}, "
-                f"{steps * self.global_batch_size} sequences instead of {self.steps * self.global_batch_size}")
-        if warmup != self.warmup_steps:
-            note += f", warmup_steps {warmup} instead of {self.warmup_steps}"
-        return dataclasses.replace(self, steps=steps, warmup_steps=warmup), note
-
     def check(self) -> list[str]:
         problems = at_least_one(self, ("steps", "global_batch_size", "log_interval",
                                        "eval_interval", "eval_samples", "save_interval", "keep_last"))
@@ -101,6 +78,4 @@ class TrainConfig:
             problems.append("need 0 <= min_lr <= lr")
         if self.warmup_steps < 0 or self.warmup_steps >= self.steps:
             problems.append(f"warmup_steps={self.warmup_steps} must be in [0, steps)")
-        if self.fp32_cpu_steps is not None and self.fp32_cpu_steps < 1:
-            problems.append(f"fp32_cpu_steps={self.fp32_cpu_steps} must be >= 1 (or null)")
         return problems

@@ -62,14 +62,11 @@ def _log_softmax(logits: torch.Tensor, temperature: float) -> torch.Tensor:
 def chunk_tokens_for(vocab_size: int, device: torch.device) -> int:
     """`kd.chunk_tokens: auto`: tokens per chunk, from the vocabulary size and the device.
 
-    On CPU, 2^21 fp32 values per chunk (8 MiB per temporary): 42 tokens of SmolLM2's 49,152-entry
-    vocabulary, 16 of Llama 3.1's 128,256. Inside a bf16 KD step on 2 cores (AVX512/AMX), one
-    2,048 x 49,152 micro-batch took, under GNU OpenMP, 0.34-0.39 s with 32-64-token chunks,
-    0.37-0.38 s with 128, 0.41-0.49 s with 16 and 0.56-0.66 s with 5 (each kernel wakes the thread
-    pool); under Intel OpenMP + tcmalloc (`minitron.runtime.cpu_runtime`), which wake it faster,
-    0.22-0.24 s with 16 or 42, 0.28-0.29 s with 128 and 0.35-0.37 s with 512 (the working set
-    leaves the cache). On GPUs, 2^26 values (256 MiB per temporary):
-    a few large kernels per micro-batch, the [tokens x vocab] fp32 tensors still never all at once.
+    On CPU, 2^21 fp32 values per chunk (8 MiB per temporary: 42 tokens of SmolLM2's vocabulary, 16 of
+    Llama 3.1's): small enough to stay in cache, large enough that the per-kernel start of the thread
+    pool does not dominate (the measured trade-off: docs/cpu.md). On GPUs, 2^26 values (256 MiB per
+    temporary): a few large kernels per micro-batch, the [tokens x vocab] fp32 tensors still never all
+    at once.
     """
     values = 2 ** 26 if device.type == "cuda" else 2 ** 21
     return max(1, values // vocab_size)

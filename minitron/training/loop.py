@@ -38,7 +38,7 @@ from minitron.errors import MinitronError
 from minitron.runtime import cpu_compat, distributed, host_memory
 from minitron.runtime.inference import lm_loss, position_ids
 from minitron.runtime.launch import job_main
-from minitron.runtime.precision import fp32_on_cpu, resolve as resolve_precision
+from minitron.runtime.precision import resolve as resolve_precision
 from minitron.training import checkpoint
 from minitron.training.config import TrainConfig
 from minitron.training.kd_loss import ChunkedLogitsKLLoss
@@ -251,7 +251,6 @@ def train_together(jobs: list[TrainJob]) -> list[dict]:
         host_memory.keep_freed_memory()
     distributed.initialize(first.tensor_parallel, first.pipeline_parallel, seed=cfg.seed)
     precision = resolve_precision(cfg.precision, distributed.device())
-    cfg, budget_note = cfg.at_precision(fp32_on_cpu(cfg.precision, distributed.device()))
     cfg = _resolve_micro_batch(cfg)
     teacher = _load_teacher(first)
     prepared = prepare(data_cfg, nemo.tokenizer_dir(first.student))
@@ -282,7 +281,7 @@ def train_together(jobs: list[TrainJob]) -> list[dict]:
             s.log.flush_step()
             if done % cfg.save_interval == 0 or done == cfg.steps:
                 checkpoint.save(Path(s.job.output) / "checkpoints", s.model, s.opt, s.sched, done, cfg.keep_last)
-    return [dict(_finish(s, cfg, data_cfg, stop, teacher_val, precision), budget=budget_note) for s in students]
+    return [_finish(s, cfg, data_cfg, stop, teacher_val, precision) for s in students]
 
 
 def _in_turn(students: list[_Student], shared: TeacherLogits | None):

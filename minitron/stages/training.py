@@ -1,8 +1,11 @@
-"""What the training stages (`teacher_correction`, `distill-<student>`) share: job, launch, export.
+"""What the training stages (`teacher_correction`, `distill-<student>`) share: the job, where it runs, the export.
 
-Training works in ``<stage>.work/`` (checkpoints survive a killed run, so rerunning the recipe
-resumes there); the stage folder itself appears only when training finished, holding the
-trained model as ``nemo/`` and ``hf/``, ``metrics.jsonl``, ``loss.png`` and ``summary.json``.
+A training stage builds a `TrainJob` (student, teacher, data, the recipe section's training config and
+layout), trains it with `minitron.training.loop` here or on TP*PP*DP ranks under torchrun, exports the
+result to HF and writes its summary and loss plot. Training works in ``<stage>.work/`` (checkpoints survive
+a killed run, so rerunning the recipe resumes there); the stage folder itself appears only when training
+finished, holding the trained model as ``nemo/`` and ``hf/``, ``metrics.jsonl``, ``loss.png`` and
+``summary.json``.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ def _check_pruned_from(folder: RunFolder, stage: str, pruned: dict) -> None:
     """Minitron prunes the teacher it distils from: a student pruned before the teacher was corrected
     would be distilled from another model than the one whose importance chose its channels."""
     expected = folder.teacher_nemo()
-    if pruned.get("teacher") and Path(pruned["teacher"]) != expected:
+    if pruned.get("teacher") and Path(pruned["teacher"]).absolute() != expected.absolute():
         prune_dir = folder.stage_dir(stage_name("prune", student_of(stage)))
         raise MinitronError(f"{prune_dir}: pruned from {pruned['teacher']}, but this run's teacher is now {expected} "
                             f"(corrected after pruning); remove {prune_dir} to prune the corrected teacher")
@@ -75,7 +78,7 @@ def _train(job: TrainJob, folder: RunFolder, stage: str) -> tuple[dict, float]:
     earlier = Path(job.output) / TRAINED
     if earlier.is_file():
         saved = json.loads(earlier.read_text())
-        if saved["job"] == _job_key(job):
+        if saved["job"] == _job_key(job, folder):
             return saved["result"], 0.0
     group = trained_together(folder, stage)
     jobs = [job] + [make_job(folder, s) for s in group[1:]]
@@ -92,7 +95,7 @@ def _train(job: TrainJob, folder: RunFolder, stage: str) -> tuple[dict, float]:
         results = run_module(nproc, "minitron.training.loop", files)
     trained = _as_trained(group, results, time.perf_counter() - start)
     for j, (result, _) in zip(jobs[1:], trained[1:]):  # until their own stage folders are written
-        write_json_atomic(Path(j.output) / TRAINED, {"job": _job_key(j), "result": result})
+        write_json_atomic(Path(j.output) / TRAINED, {"job": _job_key(j, folder), "result": result})
     return trained[0]
 
 
@@ -102,8 +105,9 @@ def _as_trained(group: list[str], results: list[dict], seconds: float) -> list[t
     return [(r, seconds) if i == 0 else ({**r, "trained_with": group[0]}, 0.0) for i, r in enumerate(results)]
 
 
-def _job_key(job: TrainJob) -> dict:
-    return json.loads(json.dumps(config.to_dict(job), default=str))
+def _job_key(job: TrainJob, folder: RunFolder) -> dict:
+    """The job as stored beside a result, its paths run-relative (the result still counts after a move)."""
+    return folder.portable(json.loads(json.dumps(config.to_dict(job), default=str)))
 
 
 def train_stage(folder: RunFolder, stage: str, out: Path, trained: tuple[dict, float] | None = None) -> dict:
@@ -127,7 +131,10 @@ def train_stage(folder: RunFolder, stage: str, out: Path, trained: tuple[dict, f
                "first_loss": last[steps[0]]["loss"], "final_loss": last[steps[-1]]["loss"],
                "tokens_per_second": sum(m["tokens_per_second"] for m in last.values()) / len(last),
                "checkpoints": str(work / "checkpoints"), "export_seconds": export["seconds"],
-               "precision": result["precision"], "budget": result.get("budget")}
+               "precision": result["precision"]}
+    budget = folder.recipe.applied_budget.get(stage_kind(stage))
+    if budget:  # a smaller budget than the recipe's (cpu_budget), so not comparable with full runs
+        summary.update(budget="; ".join(budget), budget_reason=folder.recipe.cpu_budget.reason)
     if result.get("trained_with"):  # its time is counted in that stage's seconds_this_run
         summary["trained_with"] = result["trained_with"]
     summary["teacher_model"] = folder.teacher_model(stage) if teacher else None

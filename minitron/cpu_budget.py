@@ -1,0 +1,75 @@
+"""The recipe's ``cpu_budget`` section: what a CPU recipe runs where it computes in fp32.
+
+``precision: auto`` computes in fp32 on CPUs without native bf16 (`minitron.runtime.precision`), where a
+token costs several times its bf16 time. A CPU recipe that must fit a wall time on every machine names a
+smaller budget here; `apply` is the one place that applies it, when the recipe is loaded, so every stage,
+`minitron plan` and `minitron config` see the budget that will run. Stage summaries and the report say
+what was reduced and why. GPUs and CPUs with native bf16 run the recipe as written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from minitron.config import doc
+
+#: The budget's fields by the recipe section they shrink.
+TRAINING_FIELDS = {"teacher_correction": "teacher_correction_steps", "distill": "distill_steps"}
+
+
+@dataclass
+class CpuBudgetConfig:
+    reason: str = doc("", "why the budget is smaller, in words, for the report")
+    teacher_correction_steps: Optional[int] = doc(None, "teacher correction steps instead of its `steps`")
+    distill_steps: Optional[int] = doc(None, "distillation steps instead of its `steps`")
+    perplexity_max_tokens: Optional[int] = doc(None, "held-out perplexity tokens instead of "
+                                                     "eval.perplexity.max_tokens")
+    lm_eval_limit: Optional[int] = doc(None, "lm-eval items per task instead of eval.lm_eval.limit")
+
+    def check(self) -> list[str]:
+        keys = ("teacher_correction_steps", "distill_steps", "perplexity_max_tokens", "lm_eval_limit")
+        return [f"cpu_budget.{k}={getattr(self, k)} must be >= 1 or null" for k in keys
+                if getattr(self, k) is not None and getattr(self, k) < 1]
+
+
+def apply(recipe) -> dict[str, list[str]]:
+    """Shrink, in place, the parts of `recipe` that compute in fp32 on this machine's CPU to its `cpu_budget`;
+    the changes in words, by recipe section (`teacher_correction`, `distill`, `eval`). A section already
+    smaller than the budget keeps its size."""
+    from minitron.runtime.precision import fp32_on_cpu  # torch: only for recipes that have a budget
+
+    budget, applied = recipe.cpu_budget, {}
+    if budget is None:
+        return applied
+    for section_name, field in TRAINING_FIELDS.items():
+        section, steps = getattr(recipe, section_name), getattr(budget, field)
+        if section is None or steps is None:
+            continue
+        cfg = section.train_config()
+        if steps >= cfg.steps or not fp32_on_cpu(cfg.precision):
+            continue
+        # The same schedule, shorter: warmup keeps its share of the steps (at least one step if any).
+        warmup = max(min(cfg.warmup_steps, 1), round(cfg.warmup_steps * steps / cfg.steps))
+        section.overrides = [*section.overrides, f"steps={steps}", f"warmup_steps={warmup}"]
+        batch = cfg.global_batch_size
+        note = (f"{steps} steps (cpu_budget.{field}) instead of {cfg.steps}, {steps * batch} sequences instead "
+                f"of {cfg.steps * batch}")
+        applied[section_name] = [note + (f", warmup_steps {warmup} instead of {cfg.warmup_steps}"
+                                         if warmup != cfg.warmup_steps else "")]
+    ppl, lm = recipe.eval.perplexity, recipe.eval.lm_eval
+    notes = []
+    skip = recipe.eval.skip
+    if budget.perplexity_max_tokens is not None and budget.perplexity_max_tokens < ppl.max_tokens \
+            and "perplexity" not in skip and fp32_on_cpu(recipe.eval.dtype):
+        notes.append(f"perplexity over {budget.perplexity_max_tokens} tokens (cpu_budget.perplexity_max_tokens) "
+                     f"instead of {ppl.max_tokens}")
+        ppl.max_tokens = budget.perplexity_max_tokens
+    if budget.lm_eval_limit is not None and (lm.limit is None or budget.lm_eval_limit < lm.limit) \
+            and "lm_eval" not in skip and fp32_on_cpu(lm.dtype):
+        notes.append(f"lm-eval on {budget.lm_eval_limit} items per task (cpu_budget.lm_eval_limit) instead of "
+                     f"{lm.limit if lm.limit is not None else 'all'}")
+        lm.limit = budget.lm_eval_limit
+    if notes:
+        applied["eval"] = notes
+    return applied
