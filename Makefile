@@ -31,9 +31,9 @@ endif
 
 .DEFAULT_GOAL := help
 .PHONY: help setup nemo-env model demo run launch data-prepare prune-width prune-depth prune teacher-correction \
-	teacher-correct distill eval report export build-engine serve query convert-hf-to-nemo convert-nemo-to-hf \
+	teacher-correct distill eval report export export-gguf build-engine serve query convert-hf-to-nemo convert-nemo-to-hf \
 	test test-fast bench-conversion bench-data-prepare bench-pruning bench-kd-loop bench-kd-step bench-distill \
-	bench-fp8 bench-trtllm bench-serving docker-build docker-run clean
+	bench-quality bench-fp8 bench-trtllm bench-serving docker-build docker-run clean
 
 help: ## this list
 	@awk -F ':.*## ' '/^[a-z0-9-]+:.*## / { printf "  make %-20s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
@@ -115,6 +115,11 @@ export: setup ## FP8 TensorRT-LLM checkpoint of the run's student (EXPORT_FORMAT
 	  $(MINITRON) export $(CONFIG_FLAG) --model $(EXPORT_MODEL) --format $(EXPORT_FORMAT) \
 	    --dtype $(EXPORT_DTYPE) --output $(EXPORT_DIR) $(EXPORT_ARGS); fi
 
+GGUF_DTYPE ?= f16
+export-gguf: setup ## the run's student as one GGUF file for llama.cpp, checked there (GGUF_DTYPE=f32|f16|bf16|q8_0)
+	$(MINITRON) export --model $(EXPORT_MODEL) --format gguf --gguf-dtype $(GGUF_DTYPE) --check \
+	  --output runs/export/$(EXPORT_NAME)-$(GGUF_DTYPE).gguf $(EXPORT_ARGS)
+
 # Exit status 3 (one line, no traceback) where there is no GPU / TensorRT-LLM 1.2: the checkpoint is valid.
 build-engine: EXPORT_FORMAT = trtllm
 build-engine: export ## trtllm-build the export (TensorRT-LLM 1.2 + GPU; exit 3 without them)
@@ -163,6 +168,9 @@ bench-kd-step: setup ## one KD step, logit KL chunked vs unchunked, SmolLM2 or L
 
 bench-distill: bench-kd-loop ## bench-kd-loop, then exactness, throughput and recovery of distillation
 	$(PY) benchmarks/bench_distill.py
+
+bench-quality: setup ## students' held-out perplexity vs tokens: KD from repaired / unrepaired starts vs LM only
+	$(PY) benchmarks/bench_quality.py $(ARGS)
 
 bench-fp8: setup ## SmolLM2 held-out perplexity, BF16 vs FP8 (Model Optimizer PTQ, CPU fake-quant)
 	$(PY) benchmarks/bench_fp8.py $(ARGS)

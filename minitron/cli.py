@@ -155,9 +155,15 @@ def parser() -> argparse.ArgumentParser:
     _recipe_arguments(m, "output_root=/scratch/runs")
     m.add_argument("--output", help="output root of the run (newest; default: the recipe's output_root)")
 
-    e = _deploy_command(sub, "export", "export BF16/FP8 as a unified HF or a TensorRT-LLM checkpoint", engine=False)
-    e.add_argument("--format", choices=["hf", "trtllm"], default="trtllm")
-    e.add_argument("--output", required=True, help="target folder (must not exist or be empty)")
+    e = _deploy_command(sub, "export", "export BF16/FP8 as a unified HF or a TensorRT-LLM checkpoint, or a GGUF file "
+                                       "for llama.cpp", engine=False)
+    e.add_argument("--format", choices=["hf", "trtllm", "gguf"], default="trtllm")
+    e.add_argument("--output", required=True, help="target folder (must not exist or be empty); for gguf a .gguf file")
+    e.add_argument("--gguf-dtype", choices=["f32", "f16", "bf16", "q8_0"], default="f16",
+                   help="GGUF tensor type (--format gguf)")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing .gguf file (--format gguf)")
+    e.add_argument("--check", action="store_true", help="--format gguf: run the file in llama.cpp and compare with "
+                                                        "transformers (greedy match, max |Δ logprob|)")
 
     b = _deploy_command(sub, "build-engine", "TensorRT engine with trtllm-build (TensorRT-LLM 1.2; GPU); "
                                              "exit 3 when no GPU/TensorRT-LLM", engine=True)

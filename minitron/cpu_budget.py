@@ -2,7 +2,8 @@
 
 ``precision: auto`` computes in fp32 on CPUs without native bf16 (`minitron.runtime.precision`), where a
 token costs several times its bf16 time. A CPU recipe that must fit a wall time on every machine names a
-smaller budget here; `apply` is the one place that applies it, when the recipe is loaded, so every stage,
+smaller budget here (training steps and lm-eval items; never the held-out perplexity tokens, so
+students are compared on the same text everywhere); `apply` is the one place that applies it, when the recipe is loaded, so every stage,
 `minitron plan` and `minitron config` see the budget that will run. Stage summaries and the report say
 what was reduced and why. GPUs and CPUs with native bf16 run the recipe as written.
 """
@@ -23,12 +24,10 @@ class CpuBudgetConfig:
     reason: str = doc("", "why the budget is smaller, in words, for the report")
     teacher_correction_steps: Optional[int] = doc(None, "teacher correction steps instead of its `steps`")
     distill_steps: Optional[int] = doc(None, "distillation steps instead of its `steps`")
-    perplexity_max_tokens: Optional[int] = doc(None, "held-out perplexity tokens instead of "
-                                                     "eval.perplexity.max_tokens")
     lm_eval_limit: Optional[int] = doc(None, "lm-eval items per task instead of eval.lm_eval.limit")
 
     def check(self) -> list[str]:
-        keys = ("teacher_correction_steps", "distill_steps", "perplexity_max_tokens", "lm_eval_limit")
+        keys = ("teacher_correction_steps", "distill_steps", "lm_eval_limit")
         return [f"cpu_budget.{k}={getattr(self, k)} must be >= 1 or null" for k in keys
                 if getattr(self, k) is not None and getattr(self, k) < 1]
 
@@ -57,14 +56,8 @@ def apply(recipe) -> dict[str, list[str]]:
                 f"of {cfg.steps * batch}")
         applied[section_name] = [note + (f", warmup_steps {warmup} instead of {cfg.warmup_steps}"
                                          if warmup != cfg.warmup_steps else "")]
-    ppl, lm = recipe.eval.perplexity, recipe.eval.lm_eval
-    notes = []
-    skip = recipe.eval.skip
-    if budget.perplexity_max_tokens is not None and budget.perplexity_max_tokens < ppl.max_tokens \
-            and "perplexity" not in skip and fp32_on_cpu(recipe.eval.dtype):
-        notes.append(f"perplexity over {budget.perplexity_max_tokens} tokens (cpu_budget.perplexity_max_tokens) "
-                     f"instead of {ppl.max_tokens}")
-        ppl.max_tokens = budget.perplexity_max_tokens
+    # Held-out perplexity is never shrunk: recovery is compared on the same tokens on every machine.
+    lm, notes, skip = recipe.eval.lm_eval, [], recipe.eval.skip
     if budget.lm_eval_limit is not None and (lm.limit is None or budget.lm_eval_limit < lm.limit) \
             and "lm_eval" not in skip and fp32_on_cpu(lm.dtype):
         notes.append(f"lm-eval on {budget.lm_eval_limit} items per task (cpu_budget.lm_eval_limit) instead of "

@@ -95,6 +95,26 @@ def _side_by_side(name: str, model: LlamaArch, jobs: list, lay: Layout, cfg, pre
     return {"other_students": resident, "kept_teacher_logits": kept if others else 0.0}
 
 
+def repair_memory(teacher: LlamaArch, student: LlamaArch, recipe: Recipe) -> dict[str, float]:
+    """GiB on the most loaded GPU of prune's closed-form repair (`minitron/pruning/repair.py`, TP=1): both models
+    in prune.dtype on its pipeline stage; both residual streams and the teacher's per-layer targets (kept q/k/v
+    rows, gate/up rows, two residuals on the kept channels, the full next residual) of every repair token; the
+    largest Gram and cross matrices in fp32."""
+    cfg, pp = recipe.prune, recipe.layout("prune").pipeline_parallel
+    size = 4 if cfg.dtype in ("float32", "fp32") else 2
+    lay = Layout(1, pp, 1, 1, recipe.data.seq_length, False)
+    tokens = min(cfg.repair_samples, cfg.calibration_samples) * recipe.data.seq_length
+    qkv = (student.num_attention_heads + 2 * student.num_query_groups) * student.head_dim
+    per_token = student.hidden_size + teacher.hidden_size  # the two residual streams
+    per_token += qkv + 2 * student.ffn_hidden_size + 2 * student.hidden_size + teacher.hidden_size  # targets
+    widest = max(student.hidden_size, student.ffn_hidden_size, student.num_attention_heads * student.head_dim)
+    fits = 4 * (widest ** 2 + student.hidden_size * max(qkv, 2 * student.ffn_hidden_size))
+    memory = {"weights": size * params_per_gpu(student, lay), "gradients": 0.0, "optimizer": 0.0,
+              "teacher_weights": size * params_per_gpu(teacher, lay), "activations": size * tokens * per_token + fits,
+              "logits": 0.0, "reserve": RESERVE_GIB * GIB}
+    return {k: v / GIB for k, v in memory.items()}
+
+
 def flops_per_token(arch: LlamaArch, seq: int, training: bool) -> float:
     n = arch.num_parameters()
     attention = arch.num_layers * arch.hidden_size * seq
@@ -132,6 +152,19 @@ def plan(recipe: Recipe, teacher: LlamaArch, nodes: int, gpus_per_node: int, gpu
     if "prune" in recipe.stages and recipe.layout("prune").pipeline_parallel > gpus_per_node:
         problems.append(f"prune: pipeline_parallel={recipe.layout('prune').pipeline_parallel} is more than the "
                         f"{gpus_per_node} GPUs of one node (pruning runs on one node)")
+    if "prune" in recipe.stages and recipe.prune.repair != "none":
+        for s in recipe.prune.selected():
+            memory = repair_memory(teacher, student_arch(teacher, s), recipe)
+            total = sum(memory.values())
+            tokens = min(recipe.prune.repair_samples, recipe.prune.calibration_samples) * recipe.data.seq_length
+            pp = recipe.layout("prune").pipeline_parallel
+            if total > gpu.memory_gib:
+                problems.append(f"prune-{s.name} repair: needs {total:.1f} GiB per GPU, more than the "
+                                f"{gpu.memory_gib:g} GiB there (lower prune.repair_samples or raise prune's "
+                                "pipeline_parallel)")
+            stages[f"prune-{s.name} repair"] = {
+                "layout": {"tp": 1, "pp": pp, "dp": 1}, "memory_gib": {k: round(v, 2) for k, v in memory.items()},
+                "total_gib": round(total, 1), "tokens": tokens, "tokens_per_s": 0, "wall_hours": 0, "gpu_hours": 0}
     jobs = []
     if recipe.teacher_correction and "teacher_correction" in recipe.stages:
         jobs.append(("teacher_correction", teacher, None, recipe.teacher_correction.train_config()))

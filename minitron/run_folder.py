@@ -12,7 +12,8 @@ Layout (one folder per stage; a stage is complete when its ``summary.json`` exis
     <stage>.work/           training checkpoints and eval caches (survive a killed run)
     importance/<key>/       pruning scores shared by every student of one teacher
 
-Models are named after what made them: ``teacher``, ``teacher-corrected``, ``<student>-pruned``,
+Models are named after what made them: ``teacher``, ``teacher-corrected``, ``<student>-pruned`` (Model
+Optimizer's slice), ``<student>-repaired`` (the same after closed-form repair, where the recipe repairs),
 ``<student>-distilled`` and ``<student>-distilled@uncorrected``.
 
 A run folder moves: paths inside it are stored in ``summary.json`` relative to the run folder, as
@@ -227,7 +228,10 @@ class RunFolder:
     def model_stages(self) -> dict[str, str]:
         """Model name -> the stage that produces it (whether or not it has run)."""
         stages = {"teacher": "import", "teacher-corrected": "teacher_correction"}
-        stages.update({f"{s.name}-pruned": stage_name("prune", s.name) for s in self.recipe.prune.students})
+        for s in self.recipe.prune.students:
+            stages[f"{s.name}-pruned"] = stage_name("prune", s.name)
+            if self.recipe.prune.repair != "none":
+                stages[f"{s.name}-repaired"] = stage_name("prune", s.name)
         stages.update({f"{s}-distilled": stage_name("distill", s) for s in self.distilled_students()})
         if self.recipe.distill is not None:
             stages.update({f"{s}-distilled{UNCORRECTED}": stage_name("distill", s, uncorrected=True)
@@ -235,14 +239,21 @@ class RunFolder:
         return stages
 
     def model_checkpoint(self, model: str, kind: str = "hf") -> Path:
-        """A model's checkpoint folder: ``hf`` (transformers) or ``nemo`` (NeMo 2)."""
+        """A model's checkpoint folder: ``hf`` (transformers) or ``nemo`` (NeMo 2). A repaired student's stage
+        also holds its unrepaired slice (HF only), which is the ``-pruned`` model."""
         if model == "teacher":
             return self.imported_teacher()[kind]
-        return Path(self.summary(self.model_stages()[model])[kind])
+        summary = self.summary(self.model_stages()[model])
+        if model.endswith("-pruned") and "hf_unrepaired" in summary:
+            if kind != "hf":
+                raise MinitronError(f"{model}: only its HF folder is kept (the student is {model[:-7]}-repaired)")
+            return Path(summary["hf_unrepaired"])
+        return Path(summary[kind])
 
     def models(self) -> dict[str, Path]:
         """Model name -> HF checkpoint folder, for every model the run has produced so far."""
-        return {name: self.model_checkpoint(name) for name, stage in self.model_stages().items() if self.done(stage)}
+        return {name: self.model_checkpoint(name) for name, stage in self.model_stages().items()
+                if self.done(stage) and (not name.endswith("-repaired") or "hf_unrepaired" in self.summary(stage))}
 
     def newest_distilled(self) -> Path | None:
         """HF folder of the product of the newest distillation: students trained together (one teacher forward,

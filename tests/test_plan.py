@@ -43,7 +43,26 @@ def test_llama31_8b_distillation_on_8x8_h100():
     assert distill["layout"] == {"tp": 8, "pp": 1, "dp": 8, "micro_batch": 1, "seq": 8192, "recompute": False}
     assert distill["tokens"] == 10000 * 1152 * 8192  # the published 94B tokens
     assert 0 < distill["total_gib"] < 80 and distill["memory_gib"]["teacher_weights"] > 0
-    assert set(result["stages"]) == {"teacher_correction", "distill-width"}
+    assert set(result["stages"]) == {"prune-width repair", "teacher_correction", "distill-width"}
+
+
+def test_repair_memory_on_one_80gb_gpu():
+    """Closed-form repair holds both models and, for every repair token, both residual streams and the teacher's
+    targets: at the 8B -> 4B-Width shape, 64 x 8192 tokens fit one 80 GB GPU at PP=1, and the plan says so;
+    more tokens do not, and the plan names the knob."""
+    teacher = teacher_arch(load_recipe(WIDTH, []), "llama3.1-8b")
+    one_gpu = ["prune.parallel.pipeline_parallel=1"]
+    fits = plan(load_recipe(WIDTH, one_gpu), teacher, 1, 8, GPUS["h100-80gb"], 0.4, False)
+    repair = fits["stages"]["prune-width repair"]
+    assert not fits["problems"] and repair["tokens"] == 64 * 8192
+    gib = repair["memory_gib"]
+    assert gib["teacher_weights"] == pytest.approx(2 * teacher.num_parameters() / 2 ** 30, rel=1e-3)
+    assert 40 < gib["activations"] < 50 and repair["total_gib"] < 80
+    more = plan(load_recipe(WIDTH, one_gpu + ["prune.repair_samples=128"]), teacher, 1, 8, GPUS["h100-80gb"], 0.4,
+                False)
+    assert any("prune-width repair: needs" in p and "prune.repair_samples" in p for p in more["problems"])
+    off = plan(load_recipe(WIDTH, one_gpu + ["prune.repair=none"]), teacher, 1, 8, GPUS["h100-80gb"], 0.4, False)
+    assert "prune-width repair" not in off["stages"]
 
 
 def test_layouts_that_cannot_run_are_refused():

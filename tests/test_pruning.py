@@ -22,7 +22,8 @@ from minitron.runtime import distributed
 from minitron.runtime.inference import lm_loss
 from minitron.runtime.llama import LlamaArch
 
-CFG = PruneConfig(hidden_size_divisor=16, ffn_hidden_size_divisor=16, calibration_batch_size=4)
+# Model Optimizer's own slice: repair (tests/test_repair.py) is off unless a test turns it on
+CFG = PruneConfig(hidden_size_divisor=16, ffn_hidden_size_divisor=16, calibration_batch_size=4, repair="none")
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +33,10 @@ def token_file(tmp_path_factory):
     return path
 
 
-def job(teacher, out, scores, token_file, **student):
+def job(teacher, out, scores, token_file, cfg=CFG, **student):
     return PruneJob(teacher=str(teacher), output=str(out), scores=str(scores), tokens=str(token_file),
-                    student=StudentConfig(name="s", **student), prune=CFG)
+                    student=StudentConfig(name="s", **student), prune=cfg)
+
 
 
 def reload_loss(nemo_dir, token_file):
@@ -106,12 +108,8 @@ def test_magnitude_keeps_the_largest_embedding_channels(tiny_nemo, token_file, t
 
 def test_random_baseline_depends_on_seed(tiny_nemo, token_file, tmp_path):
     def kept_columns(seed, folder):
-        global CFG
-        old, CFG = CFG, dataclasses.replace(CFG, seed=seed)
-        try:
-            run_job(job(tiny_nemo, folder, tmp_path / "scores", token_file, hidden_size=32, importance="random"))
-        finally:
-            CFG = old
+        run_job(job(tiny_nemo, folder, tmp_path / "scores", token_file, dataclasses.replace(CFG, seed=seed),
+                    hidden_size=32, importance="random"))
         model, _ = load_megatron_from_nemo(folder)
         return model.embedding.word_embeddings.weight.detach()
 
@@ -203,7 +201,8 @@ def test_student_config_validation():
 
 @pytest.mark.torchrun
 def test_pipeline_parallel_pruning(tiny_nemo, token_file, tmp_path):
-    j = job(tiny_nemo, tmp_path / "nemo", tmp_path / "scores", token_file, hidden_size=48, num_layers=3)
+    repaired = dataclasses.replace(CFG, repair="least_squares")
+    j = job(tiny_nemo, tmp_path / "nemo", tmp_path / "scores", token_file, repaired, hidden_size=48, num_layers=3)
     j.pipeline_parallel, j.result = 2, str(tmp_path / "result.json")
     config.save(j, tmp_path / "job.json")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
@@ -215,6 +214,13 @@ def test_pipeline_parallel_pruning(tiny_nemo, token_file, tmp_path):
     loss, arch = reload_loss(tmp_path / "nemo", token_file)  # saved at PP=2, loaded at PP=1
     assert (arch.hidden_size, arch.num_layers) == (48, 3)
     assert loss == pytest.approx(result["validation_loss"], abs=1e-5)
+    # repair (on by default) runs stage by stage, passing both residual streams on: same fits as at PP=1
+    single = run_job(job(tiny_nemo, tmp_path / "pp1", tmp_path / "scores1", token_file, repaired, hidden_size=48,
+                         num_layers=3))
+    assert [f["layer"] for f in result["repair"]["layers"]] == [f["layer"] for f in single["repair"]["layers"]]
+    assert result["repair"]["calibration_error_after"] == pytest.approx(single["repair"]["calibration_error_after"],
+                                                                         rel=1e-3)
+    assert result["validation_loss"] == pytest.approx(single["validation_loss"], abs=1e-4)
 
 
 def write_recipe(tmp_path, hf, students: str):

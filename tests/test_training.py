@@ -207,12 +207,14 @@ def test_students_sharing_a_teacher_forward_train_as_if_alone(models, tmp_path, 
     original = TeacherLogits.next_output
     monkeypatch.setattr(TeacherLogits, "next_output", lambda self: replays.append(1) or original(self))
     together = train_together(jobs)
-    # the second student's teacher logits were all replayed: 4 steps x 4 micro-batches + 2 validations x 2
-    assert len(replays) == 4 * 4 + 2 * 2
+    # the second student's teacher logits were all replayed: 4 steps x 4 micro-batches + 3 validations x 2
+    # (before step 1, the recovery curve's start, then at steps 2 and 4)
+    assert len(replays) == 4 * 4 + 3 * 2
     separate = [train(job) for job in alone]
     for pair, single, job, solo in zip(together, separate, jobs, alone):
         assert losses(Path(job.output)) == losses(Path(solo.output))
         assert pair["validation"] == single["validation"]
+        assert pair["initial_validation"] == single["initial_validation"] is not None
         nemo_to_hf(Path(job.output) / "nemo", Path(job.output) / "hf")
         nemo_to_hf(Path(solo.output) / "nemo", Path(solo.output) / "hf")
         a = load_file(Path(job.output) / "hf/model.safetensors")

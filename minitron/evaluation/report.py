@@ -20,7 +20,7 @@ DASH = "—"
 def write(folder: RunFolder, out: Path) -> dict:
     stages = folder.summaries()
     results = stages.get("eval", {}).get("models", {})
-    plots = [p for p in (_plot_losses(stages, out), _plot_importance(stages, out),
+    plots = [p for p in (_plot_recovery(stages, out), _plot_losses(stages, out), _plot_importance(stages, out),
                          _plot_tradeoff(results, out), _plot_width_vs_depth(results, out)) if p]
     text = "\n".join(_markdown(folder, stages, results, plots)) + "\n"
     (out / "report.md").write_text(text)
@@ -196,6 +196,39 @@ def gap_closed(results: dict, pruned: str, distilled: str) -> float | None:
     return (math.log(before) - math.log(after)) / (math.log(before) - math.log(ref))
 
 
+def _recovery_table(folder: RunFolder, stages: dict, results: dict) -> list[str]:
+    """Per student: held-out perplexity pruned -> repaired -> distilled, against the (corrected) teacher."""
+    reference = "teacher-corrected" if _perplexity(results, "teacher-corrected") else "teacher"
+    ref = _perplexity(results, reference)
+    students = [s.name for s in folder.recipe.prune.students if f"{s.name}-pruned" in results]
+    if not ref or not students:
+        return []
+
+    def cell(model: str) -> str:
+        ppl = _perplexity(results, model)
+        return DASH if ppl is None else f"{_fmt(ppl)} ({ppl / ref:.1f}×)"
+
+    rows = []
+    for name in students:
+        pruned, repaired, distilled = f"{name}-pruned", f"{name}-repaired", f"{name}-distilled"
+        start = repaired if repaired in results else pruned
+        by_repair, in_all = gap_closed(results, pruned, repaired), gap_closed(results, pruned, distilled)
+        tokens = (stages.get(f"distill-{name}") or {}).get("tokens")
+        rows.append([f"**{name}**", cell(pruned), cell(repaired), cell(distilled), _fmt(tokens),
+                     DASH if by_repair is None else f"{100 * by_repair:.1f}%",
+                     DASH if in_all is None else f"{100 * in_all:.1f}%",
+                     DASH if gap_closed(results, start, distilled) is None
+                     else f"{100 * gap_closed(results, start, distilled):.1f}%"])
+    return ["", "## Recovery", "",
+            f"Held-out perplexity (× {reference}, {_fmt(ref)}) of each student as Model Optimizer cut it, after "
+            "closed-form repair (`prune.repair`) and after distillation. Gap closed: the share of the pruned "
+            "student's log-perplexity gap to the teacher that repair, and everything, closed; the last column "
+            "is distillation's share of what was left after repair. `recovery.png` plots the distillation's "
+            "validation perplexity against tokens.", "",
+            *_markdown_table(["student", "pruned", "repaired", "distilled", "distillation tokens",
+                              "gap closed by repair", "gap closed in all", "… by distillation"], rows)]
+
+
 def _pruning_table(stages: dict) -> list[str]:
     rows = []
     for name, s in stages.items():
@@ -203,12 +236,15 @@ def _pruning_table(stages: dict) -> list[str]:
         if not stage_kind(name) == "prune" or not report_file.is_file():
             continue
         r = json.loads(report_file.read_text())
-        p, loss = r["parameters"], r["validation_loss"]
+        p, loss, repair = r["parameters"], r["validation_loss"], r.get("repair") or {}
         rows.append([name, _fmt(p["teacher_total"]), _fmt(p["student_total"]),
                      f"{100 * p['non_embedding_fraction_kept']:.1f}%", _fmt(loss["teacher"], 4),
-                     _fmt(loss["student"], 4), ", ".join(map(str, r["layers_dropped"])) or DASH])
+                     _fmt(loss.get("unrepaired", loss["student"]), 4),
+                     _fmt(loss["student"], 4) if repair else DASH,
+                     _fmt(repair.get("seconds"), 1) if repair else DASH, _fmt(s.get("stage_seconds"), 1),
+                     ", ".join(map(str, r["layers_dropped"])) or DASH])
     header = ["student", "teacher params", "student params", "non-emb kept", "teacher val loss",
-              "pruned val loss", "layers dropped"]
+              "pruned val loss", "repaired val loss", "repair (s)", "stage (s)", "layers dropped"]
     return _markdown_table(header, rows) if rows else ["(no pruning stage in this run)"]
 
 
@@ -233,6 +269,7 @@ def _markdown(folder: RunFolder, stages: dict, results: dict, plots: list[str]) 
         lines += _speed_table(results)
     else:
         lines += ["(no eval stage output yet: add `eval` to the recipe's stages or run `make eval`)"]
+    lines += _recovery_table(folder, stages, results)
     lines += _teacher_correction_table(folder, stages, results)
     lines += ["", "## Pruning", ""] + _pruning_table(stages)
     lines += ["", "## Training", ""] + _training_table(stages)
@@ -248,6 +285,39 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _plot_recovery(stages: dict, out: Path) -> str | None:
+    """Validation perplexity of each distilled student against distillation tokens, from where it started
+    (the pruned, repaired student) to the end, with the teacher it learns from as a line."""
+    curves = {}
+    for name, s in stages.items():
+        metrics = Path(s["_dir"]) / "metrics.jsonl"
+        if stage_kind(name) != "distill" or not metrics.is_file() or not s.get("tokens_per_step"):
+            continue
+        last = {m["step"]: m for m in map(json.loads, metrics.read_text().splitlines())}
+        points = [(0, (s.get("initial_validation") or {}).get("lm_loss"))]
+        points += [(step * s["tokens_per_step"], last[step].get("val_lm_loss")) for step in sorted(last)]
+        points = [(t, math.exp(v)) for t, v in points if v is not None and math.isfinite(v)]
+        if len(points) > 1:
+            curves[name] = (points, s.get("teacher_validation_loss"), s.get("teacher_model"))
+    if not curves:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.4))
+    teachers = {}
+    for name, (points, teacher_loss, teacher_model) in curves.items():
+        ax.plot(*zip(*points), "o-", label=name)
+        if teacher_loss is not None:
+            teachers[teacher_model] = math.exp(teacher_loss)
+    for model, ppl in teachers.items():
+        ax.axhline(ppl, linestyle="--", color="k" if model == "teacher-corrected" else "gray", label=model)
+    ax.set_xlabel("distillation tokens")
+    ax.set_ylabel("validation perplexity")
+    ax.set_yscale("log")
+    ax.set_title("Recovery: students during distillation")
+    ax.legend(fontsize=8)
+    return _save(plt, fig, out / "recovery.png")
 
 
 def _plot_losses(stages: dict, out: Path) -> str | None:

@@ -68,6 +68,13 @@ class PruneConfig:
     seed: int = doc(1234, "seed for the random baseline and sampling")
     dtype: str = doc("float32", "dtype of the model during calibration and pruning")
     top_k: int = doc(4, "params search: candidates scored by validation loss")
+    repair: Literal["least_squares", "none"] = doc(
+        "least_squares", "after pruning, re-fit the student's linear layers in closed form so each block matches "
+                         "the teacher's on the calibration tokens (minitron/pruning/repair.py)")
+    repair_samples: int = doc(64, "at most this many calibration sequences (the first of the importance pass's) for "
+                                  "repair, which keeps both residual streams and the teacher's targets of all of them "
+                                  "in memory")
+    repair_ridge: float = doc(1e-2, "repair's ridge term, relative to the mean diagonal of each Gram matrix")
     students: list[StudentConfig] = doc([], "students to cut from the teacher")
     only: list[str] = doc([], "run only these students (by name); empty = all")
     parallel: Optional[ParallelConfig] = doc(
@@ -80,6 +87,10 @@ class PruneConfig:
         problems += [f"prune.only: no student named {n!r} (have {names})" for n in self.only if n not in names]
         problems += at_least_one(self, ("calibration_samples", "calibration_batch_size", "validation_samples",
                                         "selection_samples", "top_k"), "prune.")
+        if not self.repair_ridge > 0:
+            problems.append(f"prune.repair_ridge={self.repair_ridge} must be > 0")
+        if self.repair_samples < 1:
+            problems.append(f"prune.repair_samples={self.repair_samples} must be >= 1")
         if self.selection_samples > self.calibration_samples:
             problems.append("prune.selection_samples must be <= prune.calibration_samples")
         return problems

@@ -45,6 +45,7 @@ class PruneJob:
     pipeline_parallel: int = 1
     result: str = ""       # JSON written by the last pipeline rank
     log: str = ""          # Model Optimizer's own output goes here (its per-layer lines); "" = the screen
+    unrepaired: str = ""   # with prune.repair: where the student goes before repair (NeMo checkpoint)
 
 
 def check_target(student: StudentConfig, arch: LlamaArch, cfg: PruneConfig, tensor_parallel: int,
@@ -206,17 +207,20 @@ def run_job(job: PruneJob) -> dict:
               f"{pruned.num_attention_heads}, layers {arch.num_layers}->{pruned.num_layers} in {prune_seconds:.1f} s"
               + (f" (its log: {job.log})" if job.log else ""), flush=True)
     student_loss = lm_loss(model, validation)
-    _, dtype, hf_config = nemo.read_context(job.teacher)
-    out = Path(job.output)
-    if distributed.is_rank0():
-        nemo.write_context(out, pruned, dtype, hf_config, nemo.tokenizer_dir(job.teacher))
-    torch.distributed.barrier()
-    nemo.save_weights(model, out)
+    repaired = {}
+    if cfg.repair != "none":
+        if job.unrepaired:
+            _save(model, pruned, job, Path(job.unrepaired))
+        repaired = _repair(model, job, cfg, _batches(tokens["calibration"][: cfg.repair_samples],
+                                                     cfg.calibration_batch_size))
+        repaired["validation_loss"] = lm_loss(model, validation)
+    _save(model, pruned, job, Path(job.output))
     kept = sorted(layer_scores, key=lambda k: -layer_scores[k])[: pruned.num_layers]
     result = {
         "student": student.name, "arch": pruned.to_dict(), "teacher_arch": arch.to_dict(),
         "parameters": pruned.num_parameters(), "teacher_parameters": arch.num_parameters(),
-        "validation_loss": student_loss, "teacher_validation_loss": teacher_loss,
+        "validation_loss": repaired.get("validation_loss", student_loss), "teacher_validation_loss": teacher_loss,
+        "unrepaired_validation_loss": student_loss, "repair": repaired or None,
         "validation_tokens": int(tokens["validation"][:, :-1].numel()),
         "layer_scores": {str(k): v for k, v in scores.layer_scores.items()},
         "layers_kept": sorted(kept), "layers_dropped": sorted(set(layer_scores) - set(kept)),
@@ -226,6 +230,30 @@ def run_job(job: PruneJob) -> dict:
     if job.result and distributed.is_rank0():
         Path(job.result).write_text(json.dumps(result, indent=2))
     return result
+
+
+def _save(model, arch: LlamaArch, job: PruneJob, out: Path) -> None:
+    _, dtype, hf_config = nemo.read_context(job.teacher)
+    if distributed.is_rank0():
+        nemo.write_context(out, arch, dtype, hf_config, nemo.tokenizer_dir(job.teacher))
+    torch.distributed.barrier()
+    nemo.save_weights(model, out)
+
+
+def _repair(model, job: PruneJob, cfg: PruneConfig, batches) -> dict:
+    """Closed-form repair against a fresh copy of the teacher (minitron/pruning/repair.py)."""
+    from minitron.pruning.repair import repair
+
+    teacher, _ = _load_teacher(job, cfg)
+    with cpu_compat.device_scope():
+        report = repair(model.eval(), teacher, batches, cfg.repair_ridge)
+    del teacher
+    summary = report.summary()
+    if distributed.is_rank0():
+        print(f"  repair of {job.student.name}: {summary['fits_taken']} of {summary['fits']} least-squares fits "
+              f"taken, calibration error {summary['calibration_error_before']:.3g} -> "
+              f"{summary['calibration_error_after']:.3g} in {summary['seconds']:.1f} s", flush=True)
+    return summary
 
 
 @contextlib.contextmanager

@@ -35,7 +35,9 @@ def build(result: dict) -> dict:
                        "non_embedding_fraction_kept": non_emb(after) / non_emb(before)},
         "removed": removed, "layers_dropped": result["layers_dropped"],
         "validation_loss": {"teacher": result["teacher_validation_loss"], "student": result["validation_loss"],
+                            "unrepaired": result.get("unrepaired_validation_loss", result["validation_loss"]),
                             "tokens": result["validation_tokens"]},
+        "repair": result.get("repair"),
         "method": {"importance": result["importance"], "depth_method": result["depth_method"]},
         "layer_scores": result["layer_scores"],
         **({"loss_without_layer": result["loss_without_layer"]} if "loss_without_layer" in result else {}),
@@ -69,7 +71,8 @@ def write(report: dict, folder: Path) -> list[str]:
     ax2.set_xlabel("layer (1-indexed); red = dropped")
     ax2.set_ylabel("importance (1 - cos(in, out), summed)")
     loss = report["validation_loss"]
-    ax2.set_title(f"Layer importance  |  val loss {loss['teacher']:.3f} -> {loss['student']:.3f}")
+    repaired = f" (repaired; pruned {loss['unrepaired']:.3f})" if report.get("repair") else ""
+    ax2.set_title(f"Layer importance  |  val loss {loss['teacher']:.3f} -> {loss['student']:.3f}{repaired}", fontsize=9)
     fig.tight_layout()
     fig.savefig(folder / "report.png", dpi=110)
     plt.close(fig)

@@ -1,7 +1,10 @@
-"""Stage `prune` (`prune-<student>`): Minitron-prune the teacher into one student.
+"""Stage `prune` (`prune-<student>`): Minitron-prune the teacher into one student, then repair it.
 
-Writes ``nemo/`` (NeMo 2 checkpoint), ``hf/`` (transformers checkpoint), ``report.json`` and
-``report.png``. Importance scores are cached per teacher + calibration settings under
+Model Optimizer ranks and slices (`minitron.pruning.prune`); with ``prune.repair: least_squares`` the
+student's weights are then re-fitted in closed form to the teacher's (`minitron.pruning.repair`). Writes
+``nemo/`` and ``hf/`` (the student that distillation starts from), ``hf-unrepaired/`` (Model Optimizer's
+plain slice, evaluated as ``<student>-pruned`` beside ``<student>-repaired``), ``report.json``,
+``report.png`` and ``modelopt.log``. Importance scores are cached per teacher + calibration settings under
 ``<run>/importance/<key>/`` and re-used by every student of the run.
 """
 
@@ -68,7 +71,8 @@ def make_job(folder: RunFolder, stage: str, where: Path) -> PruneJob:
         shutil.rmtree(partial, ignore_errors=True)
     return PruneJob(teacher=str(teacher), output=str(where / "nemo"), scores=str(scores), tokens=str(tokens),
                     student=student, prune=recipe.prune, pipeline_parallel=recipe.layout("prune").pipeline_parallel,
-                    result=str(where / "prune_result.json"), log=str(where / "modelopt.log"))
+                    result=str(where / "prune_result.json"), log=str(where / "modelopt.log"),
+                    unrepaired=str(where / "nemo-unrepaired") if recipe.prune.repair != "none" else "")
 
 
 def run(folder: RunFolder, stage: str, out: Path) -> dict:
@@ -87,15 +91,25 @@ def finish(folder: RunFolder, out: Path, job: PruneJob, result: dict) -> dict:
     """Export the pruned student to HF, check the two agree, write the report; the stage's summary."""
     if Path(job.output) != out / "nemo":  # pruned by an external torchrun into the work folder
         shutil.move(job.output, out / "nemo")
-        if Path(job.log).is_file():
-            shutil.move(job.log, out / "modelopt.log")
+        for name, target in ((job.log, "modelopt.log"), (job.unrepaired, "nemo-unrepaired")):
+            if name and Path(name).exists():
+                shutil.move(name, out / target)
     tokens = Path(job.tokens)
     export = nemo_to_hf(out / "nemo", out / "hf")
     parity = _hf_parity(out / "nemo", out / "hf", tokens)
+    unrepaired = {}
+    if job.unrepaired:  # Model Optimizer's own slice, for the report: what repair changed
+        source = Path(job.unrepaired) if Path(job.unrepaired).is_dir() else out / "nemo-unrepaired"
+        nemo_to_hf(source, out / "hf-unrepaired")
+        shutil.rmtree(source)
+        repair = result["repair"]
+        unrepaired = {"hf_unrepaired": str(out / "hf-unrepaired"),
+                      "unrepaired_validation_loss": result["unrepaired_validation_loss"],
+                      "repair": {k: v for k, v in repair.items() if k != "layers"}}
     files = report.write(report.build(result), out)
     tokens.unlink()  # recreated from the data cache on demand; no need to keep a copy
     return {"student": job.student.name, "teacher": job.teacher, "teacher_model": folder.teacher_model(),
-            "nemo": str(out / "nemo"), "hf": str(out / "hf"), "scores": job.scores,
+            "nemo": str(out / "nemo"), "hf": str(out / "hf"), **unrepaired, "scores": job.scores,
             "arch": result["arch"], "parameters": result["parameters"],
             "teacher_parameters": result["teacher_parameters"],
             "validation_loss": result["validation_loss"], "teacher_validation_loss": result["teacher_validation_loss"],

@@ -127,7 +127,9 @@ def train_stage(folder: RunFolder, stage: str, out: Path, trained: tuple[dict, f
     steps = sorted(last)
     summary = {"nemo": str(out / "nemo"), "hf": str(out / "hf"), "teacher": str(teacher) if teacher else None,
                "steps": result["steps"], "tokens": result["tokens"], "seconds_this_run": round(seconds, 1),
-               "validation": result["validation"], "teacher_validation_loss": result["teacher_validation_loss"],
+               "validation": result["validation"], "initial_validation": result.get("initial_validation"),
+               "tokens_per_step": result["tokens"] // max(result["steps"], 1),
+               "teacher_validation_loss": result["teacher_validation_loss"],
                "first_loss": last[steps[0]]["loss"], "final_loss": last[steps[-1]]["loss"],
                "tokens_per_second": sum(m["tokens_per_second"] for m in last.values()) / len(last),
                "checkpoints": str(work / "checkpoints"), "export_seconds": export["seconds"],

@@ -231,6 +231,7 @@ class _Student:
     start_step: int
     log: "_Logger"
     last_val: dict | None = None
+    initial_val: dict | None = None  # before the first step (None when resumed)
 
 
 def train_together(jobs: list[TrainJob]) -> list[dict]:
@@ -266,6 +267,11 @@ def train_together(jobs: list[TrainJob]) -> list[dict]:
     start = students[0].start_step
     stop = cfg.steps if first.max_steps_this_run is None else min(cfg.steps, start + first.max_steps_this_run)
     distilling = teacher is not None
+    if start == 0:  # where training starts from: the first point of the recovery curve
+        for s in _in_turn(students, shared):
+            s.initial_val = _validate(s.ddp, s.model, val_rows, cfg, distilling)
+        if shared:
+            shared.clear()
     for step in range(start, stop):
         rows = _my_rows(train_rows, step, cfg)
         for s in _in_turn(students, shared):
@@ -383,6 +389,7 @@ def _finish(s: _Student, cfg: TrainConfig, data_cfg, stop: int, teacher_val, pre
     out = Path(s.job.output)
     tokens_per_step = cfg.global_batch_size * data_cfg.seq_length
     result = {"steps": stop, "tokens": stop * tokens_per_step, "validation": s.last_val,
+              "initial_validation": s.initial_val,
               "teacher_validation_loss": teacher_val, "metrics": str(out / "metrics.jsonl"),
               "precision": precision.to_dict()}
     if stop == cfg.steps:
