@@ -205,7 +205,7 @@ def run_job(job: PruneJob) -> dict:
         print(f"  Model Optimizer cut {student.name}: hidden {arch.hidden_size}->{pruned.hidden_size}, FFN "
               f"{arch.ffn_hidden_size}->{pruned.ffn_hidden_size}, heads {arch.num_attention_heads}->"
               f"{pruned.num_attention_heads}, layers {arch.num_layers}->{pruned.num_layers} in {prune_seconds:.1f} s"
-              + (f" (its log: {job.log})" if job.log else ""), flush=True)
+              + (f" (its log: {Path(job.log).name} in the stage folder)" if job.log else ""), flush=True)
     student_loss = lm_loss(model, validation)
     repaired = {}
     if cfg.repair != "none":
