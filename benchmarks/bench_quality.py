@@ -91,17 +91,12 @@ def train_arms(recipe, folder, cfg, out: Path) -> dict[tuple[str, str], Path]:
 
 
 def curve(output: Path, tokens_per_step: int) -> list[tuple[int, float]]:
-    """(tokens, validation perplexity) from the loop's metrics, the start included."""
-    points = {}
-    for line in (output / "metrics.jsonl").read_text().splitlines():
-        m = json.loads(line)
-        if m.get("val_lm_loss") is not None:
-            points[m["step"] * tokens_per_step] = math.exp(m["val_lm_loss"])
+    """(tokens, validation perplexity) from the loop's metrics, the start included (as the report plots it)."""
+    from minitron.evaluation.report import recovery_curve
+
     saved = output / ("result.json" if (output / "result.json").is_file() else "summary.json")  # arm or stage
-    start = json.loads(saved.read_text()).get("initial_validation")
-    if start:
-        points[0] = math.exp(start["lm_loss"])
-    return sorted(points.items())
+    return recovery_curve(output / "metrics.jsonl", json.loads(saved.read_text()).get("initial_validation"),
+                          tokens_per_step)
 
 
 def score(recipe, models: dict[str, Path], out: Path) -> dict[str, dict[str, float]]:

@@ -95,6 +95,11 @@ def _side_by_side(name: str, model: LlamaArch, jobs: list, lay: Layout, cfg, pre
     return {"other_students": resident, "kept_teacher_logits": kept if others else 0.0}
 
 
+def repair_tokens(recipe: Recipe) -> int:
+    """Calibration tokens repair fits on: at most prune.repair_samples sequences of the calibration set."""
+    return min(recipe.prune.repair_samples, recipe.prune.calibration_samples) * recipe.data.seq_length
+
+
 def repair_memory(teacher: LlamaArch, student: LlamaArch, recipe: Recipe) -> dict[str, float]:
     """GiB on the most loaded GPU of prune's closed-form repair (`minitron/pruning/repair.py`, TP=1): both models
     in prune.dtype on its pipeline stage; both residual streams and the teacher's per-layer targets (kept q/k/v
@@ -103,7 +108,7 @@ def repair_memory(teacher: LlamaArch, student: LlamaArch, recipe: Recipe) -> dic
     cfg, pp = recipe.prune, recipe.layout("prune").pipeline_parallel
     size = 4 if cfg.dtype in ("float32", "fp32") else 2
     lay = Layout(1, pp, 1, 1, recipe.data.seq_length, False)
-    tokens = min(cfg.repair_samples, cfg.calibration_samples) * recipe.data.seq_length
+    tokens = repair_tokens(recipe)
     qkv = (student.num_attention_heads + 2 * student.num_query_groups) * student.head_dim
     per_token = student.hidden_size + teacher.hidden_size  # the two residual streams
     per_token += qkv + 2 * student.ffn_hidden_size + 2 * student.hidden_size + teacher.hidden_size  # targets
@@ -156,15 +161,14 @@ def plan(recipe: Recipe, teacher: LlamaArch, nodes: int, gpus_per_node: int, gpu
         for s in recipe.prune.selected():
             memory = repair_memory(teacher, student_arch(teacher, s), recipe)
             total = sum(memory.values())
-            tokens = min(recipe.prune.repair_samples, recipe.prune.calibration_samples) * recipe.data.seq_length
-            pp = recipe.layout("prune").pipeline_parallel
             if total > gpu.memory_gib:
                 problems.append(f"prune-{s.name} repair: needs {total:.1f} GiB per GPU, more than the "
                                 f"{gpu.memory_gib:g} GiB there (lower prune.repair_samples or raise prune's "
                                 "pipeline_parallel)")
             stages[f"prune-{s.name} repair"] = {
-                "layout": {"tp": 1, "pp": pp, "dp": 1}, "memory_gib": {k: round(v, 2) for k, v in memory.items()},
-                "total_gib": round(total, 1), "tokens": tokens, "tokens_per_s": 0, "wall_hours": 0, "gpu_hours": 0}
+                "layout": {"tp": 1, "pp": recipe.layout("prune").pipeline_parallel, "dp": 1},
+                "memory_gib": {k: round(v, 2) for k, v in memory.items()},
+                "total_gib": round(total, 1), "tokens": repair_tokens(recipe), "tokens_per_s": 0, "wall_hours": 0, "gpu_hours": 0}
     jobs = []
     if recipe.teacher_correction and "teacher_correction" in recipe.stages:
         jobs.append(("teacher_correction", teacher, None, recipe.teacher_correction.train_config()))

@@ -212,13 +212,11 @@ def _recovery_table(folder: RunFolder, stages: dict, results: dict) -> list[str]
     for name in students:
         pruned, repaired, distilled = f"{name}-pruned", f"{name}-repaired", f"{name}-distilled"
         start = repaired if repaired in results else pruned
-        by_repair, in_all = gap_closed(results, pruned, repaired), gap_closed(results, pruned, distilled)
+        gaps = [gap_closed(results, pruned, repaired), gap_closed(results, pruned, distilled),
+                gap_closed(results, start, distilled)]
         tokens = (stages.get(f"distill-{name}") or {}).get("tokens")
         rows.append([f"**{name}**", cell(pruned), cell(repaired), cell(distilled), _fmt(tokens),
-                     DASH if by_repair is None else f"{100 * by_repair:.1f}%",
-                     DASH if in_all is None else f"{100 * in_all:.1f}%",
-                     DASH if gap_closed(results, start, distilled) is None
-                     else f"{100 * gap_closed(results, start, distilled):.1f}%"])
+                     *(DASH if g is None else f"{100 * g:.1f}%" for g in gaps)])
     return ["", "## Recovery", "",
             f"Held-out perplexity (× {reference}, {_fmt(ref)}) of each student as Model Optimizer cut it, after "
             "closed-form repair (`prune.repair`) and after distillation. Gap closed: the share of the pruned "
@@ -287,6 +285,15 @@ def _pyplot():
     return plt
 
 
+def recovery_curve(metrics: Path, initial_validation: dict | None, tokens_per_step: int) -> list[tuple[int, float]]:
+    """(training tokens, validation perplexity) of one training run: the validation before step 1 (where it
+    started), then every validation the loop logged to `metrics` (metrics.jsonl)."""
+    last = {m["step"]: m for m in map(json.loads, metrics.read_text().splitlines())}
+    points = [(0, (initial_validation or {}).get("lm_loss"))]
+    points += [(step * tokens_per_step, last[step].get("val_lm_loss")) for step in sorted(last)]
+    return [(t, math.exp(v)) for t, v in points if v is not None and math.isfinite(v)]
+
+
 def _plot_recovery(stages: dict, out: Path) -> str | None:
     """Validation perplexity of each distilled student against distillation tokens, from where it started
     (the pruned, repaired student) to the end, with the teacher it learns from as a line."""
@@ -295,10 +302,7 @@ def _plot_recovery(stages: dict, out: Path) -> str | None:
         metrics = Path(s["_dir"]) / "metrics.jsonl"
         if stage_kind(name) != "distill" or not metrics.is_file() or not s.get("tokens_per_step"):
             continue
-        last = {m["step"]: m for m in map(json.loads, metrics.read_text().splitlines())}
-        points = [(0, (s.get("initial_validation") or {}).get("lm_loss"))]
-        points += [(step * s["tokens_per_step"], last[step].get("val_lm_loss")) for step in sorted(last)]
-        points = [(t, math.exp(v)) for t, v in points if v is not None and math.isfinite(v)]
+        points = recovery_curve(metrics, s.get("initial_validation"), s["tokens_per_step"])
         if len(points) > 1:
             curves[name] = (points, s.get("teacher_validation_loss"), s.get("teacher_model"))
     if not curves:
