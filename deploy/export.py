@@ -250,28 +250,43 @@ def export_request(args, output: str, fmt: str) -> ExportRequest:
 
 def export_command(args) -> dict:
     """`minitron export`: BF16 or FP8 (Model Optimizer PTQ), as a unified HF or a TensorRT-LLM checkpoint; or
-    one GGUF file for llama.cpp (`minitron.deploy.gguf_export`), checked in llama.cpp with --check."""
-    if args.format == "gguf":
-        return gguf_command(args)
+    one GGUF file for llama.cpp (`minitron.deploy.gguf_export`) or an ONNX Runtime GenAI folder
+    (`minitron.deploy.onnx_export`), each checked in its runtime with --check."""
+    if args.all:
+        from minitron.deploy.runtimes import export_all
+
+        if args.overrides or args.config:
+            raise MinitronError("--all takes no recipe (--config, overrides): it converts --model as it is")
+        return export_all(resolve_hf_source(args.model), args.output, args.overwrite)
+    if args.format in ("gguf", "onnx"):
+        return runtime_export_command(args)
     for flag in ("overwrite", "check"):
         if getattr(args, flag):
-            raise MinitronError(f"--{flag} applies to --format gguf only")
+            raise MinitronError(f"--{flag} applies to --format gguf and onnx only")
     return export(export_request(args, args.output, args.format))
 
 
-def gguf_command(args) -> dict:
+def runtime_export_command(args) -> dict:
+    """--format gguf / onnx: the checkpoint as it is, for llama.cpp / ONNX Runtime; --check runs it there."""
     from minitron.conversion.sample_text import SAMPLE_TEXT
-    from minitron.deploy.gguf_export import export_gguf
 
     if args.overrides or args.config:
-        raise MinitronError("--format gguf takes no recipe (--config, overrides): it converts --model as it is")
+        raise MinitronError(f"--format {args.format} takes no recipe (--config, overrides): it converts --model "
+                            "as it is")
     hf_dir = resolve_hf_source(args.model)
-    summary = export_gguf(hf_dir, args.output, args.gguf_dtype, args.overwrite)
+    if args.format == "gguf":
+        from minitron.deploy.gguf_export import export_gguf
+        from minitron.deploy.runtime_check import compare_gguf as compare
+
+        summary = export_gguf(hf_dir, args.output, args.gguf_dtype, args.overwrite)
+    else:
+        from minitron.deploy.onnx_export import export_onnx
+        from minitron.deploy.runtime_check import compare_onnx as compare
+
+        summary = export_onnx(hf_dir, args.output, args.onnx_precision, args.overwrite)
     if args.check:
         from transformers import AutoTokenizer
 
-        from minitron.deploy.runtime_check import compare_gguf
-
         prompt = AutoTokenizer.from_pretrained(hf_dir)(SAMPLE_TEXT, add_special_tokens=False)["input_ids"]
-        summary["llama_cpp"] = compare_gguf(args.output, hf_dir, prompt)
+        summary["check"] = compare(args.output, hf_dir, prompt)
     return summary

@@ -14,6 +14,11 @@ token ids as transformers (fp32, eager attention):
 
 llama.cpp runs with an fp32 KV cache and without flash attention so that an F32 file is compared at fp32
 rounding; F16/BF16/Q8_0 files then differ by their own weight rounding only.
+
+ONNX Runtime (an onnxruntime-genai model folder) runs through `onnxruntime_genai`'s Generator, KV cache
+included: greedy continuation from the prompt, then the same ids fed back (prompt in one step, then one
+token per step) with the logits of every position read after each step: the same two comparisons, at every
+prompt position.
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ class LlamaCpp:
         params.n_parallel = 1
         params.cpuparams.n_threads = params.cpuparams_batch.n_threads = threads
         params.warmup = False
+        params.verbosity = 0  # errors only: llama.cpp's info lines would land in the caller's output
         params.cache_type_k = params.cache_type_v = xllamacpp.ggml_type.GGML_TYPE_F32
         params.flash_attn_type = xllamacpp.llama_flash_attn_type.LLAMA_FLASH_ATTN_TYPE_DISABLED
         start = time.perf_counter()
@@ -106,3 +112,67 @@ def compare_gguf(gguf_path: str | Path, hf_dir: str | Path, prompt: list[int], n
             "max_abs_dlogprob_generated": max(deltas[j] for j in generated),
             "max_abs_dlogprob_prompt": max((deltas[j] for j in sampled), default=0.0),
             "load_seconds": round(llama.load_seconds, 3)}
+
+
+def _top_k_delta(logprobs: np.ndarray, reference: np.ndarray, top_k: int) -> float:
+    """Max |Δ log-prob| over the runtime's top-k tokens of one position."""
+    top = np.argpartition(-logprobs, top_k - 1)[:top_k]
+    return float(np.abs(logprobs[top] - reference[top]).max())
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    logits = logits.astype(np.float64)
+    return logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True)
+
+
+def compare_onnx(onnx_dir: str | Path, hf_dir: str | Path, prompt: list[int], new_tokens: int = 16,
+                 top_k: int = 10) -> dict:
+    """onnxruntime-genai on `onnx_dir` vs transformers on `hf_dir`: greedy match and max |Δ logprob| (module doc)."""
+    try:
+        import onnxruntime_genai as og
+    except ImportError:
+        raise MinitronError("ONNX Runtime check needs onnxruntime-genai (pip install onnxruntime-genai; make setup "
+                            "installs it)") from None
+    ids, reference = hf_reference(hf_dir, prompt, new_tokens)
+    start = time.perf_counter()
+    model = og.Model(str(onnx_dir))
+    load_seconds = time.perf_counter() - start
+
+    def generator():
+        params = og.GeneratorParams(model)
+        params.set_search_options(do_sample=False, max_length=len(ids) + 1, batch_size=1)
+        return og.Generator(model, params)
+
+    gen = generator()
+    gen.append_tokens(np.array([prompt], dtype=np.int32))
+    greedy = []
+    while len(greedy) < new_tokens and not gen.is_done():
+        gen.generate_next_token()
+        greedy.append(int(gen.get_next_tokens()[0]))
+    # Teacher-forced on the reference ids: the prompt's logits come back for every position at once.
+    gen = generator()
+    gen.append_tokens(np.array([prompt], dtype=np.int32))
+    rows = [*np.asarray(gen.get_output("logits")).reshape(len(prompt), -1)]
+    for token in ids[len(prompt):-1]:
+        gen.append_tokens(np.array([[token]], dtype=np.int32))
+        rows.append(np.asarray(gen.get_output("logits")).reshape(-1, reference.shape[-1])[-1])
+    logprobs = _log_softmax(np.stack(rows))
+    deltas = [_top_k_delta(lp, ref, top_k) for lp, ref in zip(logprobs, reference)]
+    generated = range(len(prompt) - 1, len(ids) - 1)  # row j predicts token j + 1
+    return {"runtime": "onnxruntime-genai", "onnx": str(onnx_dir),
+            "greedy_match": greedy == ids[len(prompt):len(prompt) + len(greedy)] and (
+                len(greedy) == new_tokens or _stopped_at_eos(onnx_dir, greedy)),
+            "greedy": greedy, "reference": ids[len(prompt):],
+            "argmax_agree": int(sum(int(logprobs[j].argmax()) == ids[j + 1] for j in generated)),
+            "positions": len(generated), "top_k": top_k,
+            "max_abs_dlogprob_generated": max(deltas[j] for j in generated),
+            "max_abs_dlogprob_prompt": max(deltas[:len(prompt) - 1], default=0.0),
+            "load_seconds": round(load_seconds, 3)}
+
+
+def _stopped_at_eos(onnx_dir: str | Path, greedy: list[int]) -> bool:
+    """A greedy run shorter than asked is complete only if it ended on an end-of-sequence token."""
+    import json
+
+    eos = json.loads((Path(onnx_dir) / "genai_config.json").read_text())["model"].get("eos_token_id")
+    return bool(greedy) and greedy[-1] in (eos if isinstance(eos, list) else [eos])

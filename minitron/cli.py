@@ -42,6 +42,7 @@ COMMANDS = {
     "verify": "minitron.conversion.verify:verify_command",
     "model": "minitron.pipeline:model_command",
     "export": "minitron.deploy.export:export_command",
+    "runtimes": "minitron.deploy.runtimes:runtimes_command",
     "build-engine": "minitron.deploy.engine:build_engine_command",
     "serve": "minitron.deploy.serving.server:serve",
     "query": "minitron.deploy.serving.client:query",
@@ -50,11 +51,13 @@ COMMANDS = {
 
 #: Subcommands that compute with torch on this machine: they run under the tuned CPU runtime (Intel OpenMP,
 #: tcmalloc) where it is installed. Serving keeps its own thread settings (deploy/serving/server.py).
-COMPUTE_COMMANDS = {"run", "prune", "distill", "teacher-correction", "eval", "verify", "export", "convert", "data"}
+COMPUTE_COMMANDS = {"run", "prune", "distill", "teacher-correction", "eval", "verify", "export", "convert", "data",
+                    "runtimes"}
 #: Old subcommand names that still work, each saying once which name replaced it.
 DEPRECATED = {"teacher-correct": "teacher-correction"}
 #: Subcommands that read a recipe (--config, default: the CPU demo's) and take key=value overrides.
-RECIPE_COMMANDS = {"run", "plan", "prune", "distill", "teacher-correction", "eval", "report", "config", "data"}
+RECIPE_COMMANDS = {"run", "plan", "prune", "distill", "teacher-correction", "eval", "report", "config", "data",
+                   "runtimes"}
 
 
 def quiet_third_party_warnings() -> None:
@@ -121,6 +124,9 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--model", action="append", metavar="NAME=HF_DIR",
                    help="also evaluate this HF checkpoint (e.g. a quantized export); repeatable")
     _recipe_command(sub, "report", "write report.md and plots for a recipe's run")
+    r = _recipe_command(sub, "runtimes", "the run's corrected teacher and distilled students in every runtime format "
+                                         "(GGUF, ONNX), each checked and timed there, for the report's Runtimes table")
+    r.add_argument("--overwrite", action="store_true", help="redo models that have runtimes.json already")
     c = _recipe_command(sub, "config", "print a recipe's resolved config", output=False)
     c.add_argument("--explain", action="store_true", help="also print every key's documentation")
 
@@ -155,15 +161,22 @@ def parser() -> argparse.ArgumentParser:
     _recipe_arguments(m, "output_root=/scratch/runs")
     m.add_argument("--output", help="output root of the run (newest; default: the recipe's output_root)")
 
-    e = _deploy_command(sub, "export", "export BF16/FP8 as a unified HF or a TensorRT-LLM checkpoint, or a GGUF file "
-                                       "for llama.cpp", engine=False)
-    e.add_argument("--format", choices=["hf", "trtllm", "gguf"], default="trtllm")
+    e = _deploy_command(sub, "export", "export BF16/FP8 as a unified HF or a TensorRT-LLM checkpoint, a GGUF file "
+                                       "for llama.cpp, or an ONNX Runtime GenAI folder", engine=False)
+    e.add_argument("--format", choices=["hf", "trtllm", "gguf", "onnx"], default="trtllm")
     e.add_argument("--output", required=True, help="target folder (must not exist or be empty); for gguf a .gguf file")
     e.add_argument("--gguf-dtype", choices=["f32", "f16", "bf16", "q8_0"], default="f16",
                    help="GGUF tensor type (--format gguf)")
-    e.add_argument("--overwrite", action="store_true", help="replace an existing .gguf file (--format gguf)")
-    e.add_argument("--check", action="store_true", help="--format gguf: run the file in llama.cpp and compare with "
-                                                        "transformers (greedy match, max |Δ logprob|)")
+    e.add_argument("--onnx-precision", choices=["fp32", "int4"], default="fp32",
+                   help="ONNX weights (--format onnx; CPU execution provider)")
+    e.add_argument("--all", action="store_true", help="every runtime format (GGUF f32/bf16/q8_0, ONNX fp32/int4) "
+                                                      "into the --output folder, each checked and timed in its "
+                                                      "runtime (runtimes.json); --format is ignored")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing export (--format gguf or onnx, "
+                                                            "--all)")
+    e.add_argument("--check", action="store_true", help="--format gguf/onnx: run the export in llama.cpp / ONNX "
+                                                        "Runtime and compare with transformers (greedy match, "
+                                                        "max |Δ logprob|)")
 
     b = _deploy_command(sub, "build-engine", "TensorRT engine with trtllm-build (TensorRT-LLM 1.2; GPU); "
                                              "exit 3 when no GPU/TensorRT-LLM", engine=True)

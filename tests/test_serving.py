@@ -155,6 +155,83 @@ def test_sampling_parameters(server):
     assert status == 200 and choice["finish_reason"] == "stop" and choice["text"] == greedy[:greedy.index(stop)]
 
 
+def _reference_logprobs(model_dir: Path, ids: list[int]) -> torch.Tensor:
+    """transformers' fp32 log-softmax at every position of `ids` (row j predicts token j + 1)."""
+    with torch.no_grad():
+        return _offline_model(model_dir)(torch.tensor([ids])).logits[0].float().log_softmax(-1)
+
+
+def test_completion_logprobs_and_echo_match_transformers(server, tiny_hf):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_hf)
+    for prompt in (PROMPTS[0], tokenizer(PROMPTS[1])["input_ids"]):  # text, and token ids used as they are
+        prompt_ids = tokenizer(prompt)["input_ids"] if isinstance(prompt, str) else prompt
+        generated = _offline_greedy(tiny_hf, prompt_ids, 6)
+        ids = prompt_ids + generated
+        reference = _reference_logprobs(tiny_hf, ids)
+        status, body = _completion(server, prompt=prompt, max_tokens=6, temperature=0, logprobs=3, echo=True)
+        assert status == 200, body
+        choice, logprobs = body["choices"][0], body["choices"][0]["logprobs"]
+        assert choice["text"] == tokenizer.decode(prompt_ids) + tokenizer.decode(generated, skip_special_tokens=True)
+        assert logprobs["tokens"] == [tokenizer.decode([i]) for i in ids]
+        assert logprobs["token_logprobs"][0] is None and logprobs["top_logprobs"][0] is None
+        expected = reference[torch.arange(len(ids) - 1), torch.tensor(ids[1:])]
+        torch.testing.assert_close(torch.tensor(logprobs["token_logprobs"][1:]), expected, atol=1e-4, rtol=0)
+        for row, top in zip(reference, logprobs["top_logprobs"][1:]):
+            assert max(top.values()) == pytest.approx(row.max().item(), abs=1e-4)
+            assert 1 <= len(top) <= 4  # the 3 best and the chosen token (texts may coincide)
+        # greedy tokens: their logprob is exactly the best one (lm-eval's is_greedy compares these floats)
+        assert all(lp == max(top.values()) for lp, top in zip(logprobs["token_logprobs"][len(prompt_ids):],
+                                                              logprobs["top_logprobs"][len(prompt_ids):]))
+        offsets = [sum(len(t) for t in logprobs["tokens"][:i]) for i in range(len(ids))]
+        assert logprobs["text_offset"] == offsets
+        # max_tokens 0 scores the prompt only: the same prompt numbers, nothing generated
+        status, scored = _completion(server, prompt=prompt, max_tokens=0, logprobs=0, echo=True)
+        assert status == 200 and scored["usage"]["completion_tokens"] == 0
+        assert scored["choices"][0]["finish_reason"] == "length"
+        assert scored["choices"][0]["logprobs"]["token_logprobs"] == logprobs["token_logprobs"][:len(prompt_ids)]
+
+
+def test_several_prompts_in_one_request_give_one_choice_each(server):
+    prompts = [PROMPTS[0], PROMPTS[2], [5, 6, 7]]
+    alone = [_completion(server, prompt=p, max_tokens=5, temperature=0, logprobs=1)[1] for p in prompts]
+    status, body = _completion(server, prompt=prompts, max_tokens=5, temperature=0, logprobs=1)
+    assert status == 200 and [c["index"] for c in body["choices"]] == [0, 1, 2]
+    for choice, single in zip(body["choices"], alone):
+        assert choice["text"] == single["choices"][0]["text"]
+        torch.testing.assert_close(choice["logprobs"]["token_logprobs"],
+                                   single["choices"][0]["logprobs"]["token_logprobs"], atol=1e-4, rtol=0)
+    assert body["usage"]["prompt_tokens"] == sum(a["usage"]["prompt_tokens"] for a in alone)
+
+
+def test_streamed_logprobs_equal_non_streamed(server):
+    body = {"model": server.model, "prompt": PROMPTS[1], "max_tokens": 8, "temperature": 0, "logprobs": 2}
+    events = list(stream(f"{server.url}/v1/completions", body))[:-1]
+    parts = [e["choices"][0]["logprobs"] for e in events if e["choices"][0]["logprobs"]]
+    whole = post(f"{server.url}/v1/completions", body)[1]["choices"][0]["logprobs"]
+    for key in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
+        assert [x for part in parts for x in part[key]] == whole[key], key
+
+
+def test_lm_eval_local_completions_against_the_server_equals_direct_lm_eval(server, tiny_hf):
+    """lm-eval's own `local-completions` model scoring a loglikelihood task through the server (token-id prompts,
+    echo, logprobs, several prompts per request) = lm-eval on the checkpoint itself: same items, same answers."""
+    pytest.importorskip("lm_eval")
+    from minitron.evaluation.lm_eval_tasks import run_lm_eval
+
+    settings = dict(limit=12, batch_size=4, samples=True, bootstrap_iters=100)
+    direct = run_lm_eval(tiny_hf, ["pydocs_choice"], **settings)["pydocs_choice"]
+    served = run_lm_eval(tiny_hf, ["pydocs_choice"], endpoint=f"{server.url}/v1", **settings)["pydocs_choice"]
+    assert served["n_samples"] == direct["n_samples"] == 12
+    for metric in ("acc", "acc_norm"):
+        assert served["metrics"][metric]["value"] == direct["metrics"][metric]["value"], metric
+    for a, b in zip(direct["samples"], served["samples"]):
+        assert a["doc_id"] == b["doc_id"]
+        torch.testing.assert_close([r[0] for r in b["filtered_resps"]], [r[0] for r in a["filtered_resps"]],
+                                   atol=1e-3, rtol=0)
+
+
 def _raw_post(srv, path: str, raw: bytes, method: str = "POST") -> tuple[int, dict]:
     conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=60)
     conn.request(method, path, body=raw, headers={"Content-Type": "application/json"})
@@ -177,6 +254,20 @@ BAD_REQUESTS = [
     ("/v1/completions", b'{"prompt": "hi", "temperature": 7}', 400, "temperature"),
     ("/v1/completions", b'{"prompt": "hi", "stop": [1]}', 400, "stop"),
     ("/v1/completions", b'{"prompt": "hi", "n": 3}', 400, "n=1"),
+    ("/v1/completions", b'{"prompt": "hi", "logprobs": 6}', 400, "`logprobs` must be an integer in [0, 5]"),
+    ("/v1/completions", b'{"prompt": "hi", "logprobs": -1}', 400, "`logprobs`"),
+    ("/v1/completions", b'{"prompt": "hi", "echo": true, "stream": true}', 400, "`echo` is not supported"),
+    ("/v1/completions", b'{"prompt": "hi", "echo": "yes"}', 400, "`echo` must be true or false"),
+    ("/v1/completions", b'{"prompt": ["a", "b"], "stream": true}', 400, "`stream` takes one prompt"),
+    ("/v1/completions", b'{"prompt": [1, "a"]}', 400, "prompt"),
+    ("/v1/completions", b'{"prompt": [[]]}', 400, "prompt"),
+    ("/v1/completions", b'{"prompt": [3, 999999]}', 400, "vocabulary"),
+    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "hi"}], "top_logprobs": 2}', 400,
+     "`top_logprobs` needs `logprobs: true`"),
+    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "hi"}], "logprobs": true, '
+                             b'"top_logprobs": 21}', 400, "`top_logprobs` must be an integer in [0, 20]"),
+    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "hi"}], "logprobs": 1}', 400,
+     "`logprobs` must be true or false"),
     ("/v1/chat/completions", b'{"messages": []}', 400, "messages"),
     ("/v1/chat/completions", b'{"messages": [{"role": "wizard", "content": "hi"}]}', 400, "messages[0]"),
     ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "hi"}]}', 400, "chat template"),
@@ -339,4 +430,37 @@ def test_smollm2_chat_through_server_equals_generate(smollm2_hf, tmp_path):
         events = list(stream(f"{srv.url}/v1/chat/completions", body))
         assert events[-1] == "[DONE]" and events[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
         assert "".join(e["choices"][0]["delta"].get("content", "") for e in events[:-1]) == expected
+        _openai_sdk_against(srv, messages, expected, smollm2_hf, tokenizer)
     assert srv.process.returncode == 0 and _processes_left(srv.process.pid) == []
+
+
+def _openai_sdk_against(srv, messages, expected: str, model_dir: Path, tokenizer) -> None:
+    """The official `openai` SDK: chat with logprobs, streaming with usage, completions with logprobs and echo,
+    and a refused request raised as openai.BadRequestError."""
+    import openai
+
+    client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="unused", max_retries=0)
+    chat = client.chat.completions.create(model=srv.model, messages=messages, max_tokens=24, temperature=0,
+                                          logprobs=True, top_logprobs=3)
+    choice = chat.choices[0]
+    assert choice.message.content == expected and chat.usage.completion_tokens == len(choice.logprobs.content)
+    generated = [tokenizer.convert_tokens_to_ids(tokenizer.tokenize(c.token)) for c in choice.logprobs.content]
+    assert all(len(t) == 1 for t in generated)
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    reference = _reference_logprobs(model_dir, prompt_ids + [t[0] for t in generated])[len(prompt_ids) - 1:-1]
+    for position, row in zip(choice.logprobs.content, reference):
+        assert position.logprob == pytest.approx(row.max().item(), abs=1e-3)  # greedy: the best token
+        assert [t.logprob for t in position.top_logprobs] == sorted(t.logprob for t in position.top_logprobs)[::-1]
+        assert position.top_logprobs[0].logprob == position.logprob and len(position.top_logprobs) == 3
+    chunks = list(client.chat.completions.create(model=srv.model, messages=messages, max_tokens=24, temperature=0,
+                                                 stream=True, stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == expected
+    assert chunks[-1].usage.completion_tokens == chat.usage.completion_tokens
+    completion = client.completions.create(model=srv.model, prompt="The capital of France is", max_tokens=4,
+                                           temperature=0, logprobs=2, echo=True)
+    logprobs = completion.choices[0].logprobs
+    assert completion.choices[0].text.startswith("The capital of France is")
+    assert logprobs.token_logprobs[0] is None and len(logprobs.tokens) == completion.usage.total_tokens
+    with pytest.raises(openai.BadRequestError, match="top_logprobs"):
+        client.chat.completions.create(model=srv.model, messages=messages, logprobs=True, top_logprobs=50)

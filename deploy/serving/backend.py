@@ -25,10 +25,22 @@ class SamplingParams:
     top_k: int = 0  # 0: the whole vocabulary
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    logprobs: int | None = None  # None: off; N >= 0: each generated token's log-probability and the N most likely
+    prompt_logprobs: int | None = None  # the same for every prompt token after the first (max_tokens may be 0)
 
     @property
     def greedy(self) -> bool:
         return self.temperature <= 0.0
+
+
+@dataclasses.dataclass
+class TokenLogprob:
+    """A token's log-probability under the model (fp32 log-softmax of the raw logits, before temperature or
+    top-k/top-p) and the `top` most likely tokens at that position as (token id, log-probability), best first."""
+
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]]
 
 
 @dataclasses.dataclass
@@ -38,6 +50,9 @@ class Chunk:
     token_ids: list[int]
     text: str
     finish_reason: str | None = None  # "stop" (EOS or a stop string), "length" (max_tokens) or "abort" (cut short)
+    logprobs: list[TokenLogprob] | None = None  # one per token id, when the request asked for them
+    # first chunk only, when asked: one per prompt token; the first is None (nothing predicts it)
+    prompt_logprobs: list[TokenLogprob | None] | None = None
 
 
 class Backend(Protocol):
@@ -48,6 +63,13 @@ class Backend(Protocol):
         """Token ids of a plain prompt, or of chat messages with the model's chat template applied."""
 
     def count_tokens(self, text: str) -> int: ...
+
+    def token_texts(self, ids: list[int]) -> list[str]: ...
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    def decode(self, ids: list[int]) -> str: ...
 
     def stream(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[Chunk]:
         """Generate for one request; chunks arrive on the caller's running event loop."""
@@ -72,6 +94,18 @@ class HFTokenizerMixin:
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def token_texts(self, ids: list[int]) -> list[str]:
+        """Each token decoded on its own, as OpenAI and vLLM name tokens in logprobs (special tokens too)."""
+        return [self.tokenizer.decode([i]) for i in ids]
+
+    def decode(self, ids: list[int]) -> str:
+        """Text of token ids as given (special tokens kept): what `echo` shows for a prompt of ids."""
+        return self.tokenizer.decode(ids)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokenizer)
 
 
 class TextStream:

@@ -6,6 +6,10 @@ together with a shared KV cache, so concurrent clients share every forward pass.
 before each decode step, requests that arrived meanwhile are prefilled and join the running batch (the
 shorter KV cache is left-padded; padding is masked, positions are per row). Rows that finish (EOS, stop
 string, max_tokens, or a consumer that went away) are dropped from the batch and the cache.
+
+Log-probabilities come from the logits of the same forward passes that generate: the sampled token's, and
+the prompt's when asked (the prefill then keeps the logits of every position instead of the last only),
+each an fp32 log-softmax of the raw logits.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from pathlib import Path
 
 import torch
 
-from minitron.deploy.serving.backend import Chunk, HFTokenizerMixin, SamplingParams, TextStream, context_length
+from minitron.deploy.serving.backend import (Chunk, HFTokenizerMixin, SamplingParams, TextStream, TokenLogprob,
+                                             context_length)
 from minitron.errors import MinitronError
 from minitron.runtime.precision import resolve as resolve_precision
 
@@ -35,6 +40,7 @@ class _Request:
     generated: int = 0
     done: bool = False
     cancelled: bool = False
+    prompt_logprobs: list | None = None  # computed at prefill, sent with the first chunk
 
 
 @dataclasses.dataclass(eq=False)
@@ -188,8 +194,15 @@ class TorchBackend(HFTokenizerMixin):
         # Same positions as transformers' generate(): count real tokens only, so padding does not shift RoPE.
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache(config=self.model.config)
-        logits = self._forward(input_ids, mask, positions, cache)
-        return self._sampled(_Batch(list(requests), cache, mask, positions[:, -1:]), logits)
+        scoring = any(r.params.prompt_logprobs is not None for r in requests)
+        logits = self._forward(input_ids, mask, positions, cache, every_position=scoring)
+        if scoring:
+            for row, request in enumerate(requests):
+                if request.params.prompt_logprobs is not None:
+                    request.prompt_logprobs = _prompt_logprobs(logits[row], request.prompt_ids,
+                                                               request.params.prompt_logprobs)
+            logits = logits[:, -1, :]
+        return self._sampled(_Batch(list(requests), cache, mask, positions[:, -1:]), logits.float())
 
     def _decode_step(self, batch: _Batch) -> _Batch:
         batch.mask = torch.cat([batch.mask, batch.mask.new_ones(len(batch.rows), 1)], dim=1)
@@ -198,8 +211,12 @@ class TorchBackend(HFTokenizerMixin):
 
     def _sampled(self, batch: _Batch, logits: torch.Tensor) -> _Batch:
         batch.next_ids = self._sample(logits, batch.rows)
-        for request, token in zip(batch.rows, batch.next_ids.tolist()):
-            self._accept(request, token)
+        # row in the batch -> row in `logprobs`, for the requests that asked
+        asked = {i: n for n, i in enumerate(i for i, r in enumerate(batch.rows) if r.params.logprobs is not None)}
+        logprobs = logits[list(asked)].log_softmax(-1) if asked else None  # raw logits: before temperature, top-k/p
+        for i, (request, token) in enumerate(zip(batch.rows, batch.next_ids.tolist())):
+            entry = _token_logprob(logprobs[asked[i]], token, request.params.logprobs) if i in asked else None
+            self._accept(request, token, entry)
         return batch
 
     def _keep_running(self, batch: _Batch) -> _Batch | None:
@@ -227,11 +244,13 @@ class TorchBackend(HFTokenizerMixin):
         self._taken += taken
         return taken
 
-    def _forward(self, input_ids, mask, positions, cache) -> torch.Tensor:
+    def _forward(self, input_ids, mask, positions, cache, every_position: bool = False) -> torch.Tensor:
+        """Logits of the last position in fp32 (sampling in fp32, as generate() does), or of every position
+        in the model's dtype (the caller takes what it needs in fp32)."""
         # transformers 5.24 names the KV cache argument `cache` (`past_key_values` is deprecated).
         out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache,
-                         use_cache=True, logits_to_keep=1)
-        return out.logits[:, -1, :].float()  # fp32 sampling, as generate() does
+                         use_cache=True, logits_to_keep=0 if every_position else 1)
+        return out.logits if every_position else out.logits[:, -1, :].float()
 
     def _left_pad(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(p) for p in prompts)
@@ -257,8 +276,13 @@ class TorchBackend(HFTokenizerMixin):
             next_ids[i] = order[j, choice[0]]
         return next_ids
 
-    def _accept(self, request: _Request, token: int) -> None:
+    def _accept(self, request: _Request, token: int, logprob: TokenLogprob | None) -> None:
         if request.done or request.cancelled:
+            return
+        prompt_logprobs, request.prompt_logprobs = request.prompt_logprobs, None  # first chunk only
+        if request.params.max_tokens == 0:  # scoring the prompt only: nothing is generated
+            request.done = True
+            request.emit(Chunk([], "", "length", prompt_logprobs=prompt_logprobs))
             return
         request.generated += 1
         finish = ("stop" if token in self.eos_ids else
@@ -266,7 +290,27 @@ class TorchBackend(HFTokenizerMixin):
         text, hit_stop = request.text.push(token, last=finish is not None)
         finish = "stop" if hit_stop else finish
         request.done = finish is not None
-        request.emit(Chunk([token], text, finish))
+        request.emit(Chunk([token], text, finish, logprobs=[logprob] if logprob else None,
+                           prompt_logprobs=prompt_logprobs))
+
+
+def _token_logprob(logprobs: torch.Tensor, token: int, top: int) -> TokenLogprob:
+    """`logprobs`: one position's fp32 log-softmax over the vocabulary."""
+    best = logprobs.topk(top) if top else None
+    pairs = list(zip(best.indices.tolist(), best.values.tolist())) if top else []
+    return TokenLogprob(token, float(logprobs[token]), pairs)
+
+
+def _prompt_logprobs(row_logits: torch.Tensor, prompt_ids: list[int], top: int) -> list[TokenLogprob | None]:
+    """Log-probabilities of prompt tokens 2..n from one left-padded row of every-position logits."""
+    # The row's last len(prompt) positions are the prompt; position j predicts token j + 1.
+    logprobs = row_logits[-len(prompt_ids):-1].float().log_softmax(-1)
+    targets = torch.tensor(prompt_ids[1:], device=logprobs.device)
+    chosen = logprobs.gather(1, targets[:, None])[:, 0].tolist()
+    best = logprobs.topk(top) if top else None
+    tops = ([list(zip(i, v)) for i, v in zip(best.indices.tolist(), best.values.tolist())] if top
+            else [[] for _ in chosen])
+    return [None] + [TokenLogprob(t, lp, pairs) for t, lp, pairs in zip(prompt_ids[1:], chosen, tops)]
 
 
 def _filtered_probs(logits: torch.Tensor, top_k: list[int], top_p: list[float]):

@@ -9,6 +9,12 @@ TensorRT-LLM schedules requests itself (in-flight batching, paged KV cache), so 
 handed to ``LLM.generate_async(..., streaming=True)``; stop strings and detokenization are its own.
 Unlike the PyTorch backend, which matches stop strings in the decoded text, TensorRT-LLM turns them
 into token-id sequences, so a stop string that tokenizes differently in context can be missed.
+
+Log-probabilities: TensorRT-LLM's `SamplingParams(logprobs=N, prompt_logprobs=N)` fill `logprobs` (per
+generated token: {token id: Logprob(logprob, rank)}, the sampled token included) and `prompt_logprobs`
+(PyTorch backend). Both map to the same `TokenLogprob`s the PyTorch backend produces. Not verified on a GPU
+from this repository yet (no TensorRT-LLM on CPU); `max_tokens: 0` (score the prompt only) is refused here,
+as TensorRT-LLM generates at least one token.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import json
 import random
 from pathlib import Path
 
-from minitron.deploy.serving.backend import Chunk, HFTokenizerMixin, SamplingParams
+from minitron.deploy.serving.backend import Chunk, HFTokenizerMixin, SamplingParams, TokenLogprob
 from minitron.errors import MinitronError
 
 
@@ -83,20 +89,49 @@ class TensorRTLLMBackend(HFTokenizerMixin):
         # TensorRT-LLM's seed None means its runtime default 0 for every request: identical prompts
         # would sample identically. Unseeded requests get a fresh seed, as on the PyTorch backend.
         seed = params.seed if params.seed is not None else random.getrandbits(63)
+        if params.max_tokens < 1:
+            raise MinitronError("max_tokens 0 (score the prompt only) is not supported by the tensorrt_llm backend; "
+                                "ask for max_tokens 1 and ignore the generated token")
         return TllmSamplingParams(max_tokens=params.max_tokens, seed=seed, stop=list(params.stop) or None,
-                                  **sampling)
+                                  logprobs=params.logprobs, prompt_logprobs=params.prompt_logprobs, **sampling)
 
     async def stream(self, prompt_ids: list[int], params: SamplingParams):
         result = self.llm.generate_async(list(prompt_ids), sampling_params=self._sampling_params(params),
                                          streaming=True)
+        first = True
         try:
             async for output in result:
                 completion = output.outputs[0]
                 finish = FINISH_REASONS.get(completion.finish_reason, "stop") if output.finished else None
-                yield Chunk(list(completion.token_ids_diff), completion.text_diff, finish)
+                ids = list(completion.token_ids_diff)
+                logprobs = (_token_logprobs(ids, completion.logprobs_diff, params.logprobs)
+                            if params.logprobs is not None else None)
+                prompt = (_prompt_logprobs(prompt_ids, output.prompt_logprobs, params.prompt_logprobs)
+                          if first and params.prompt_logprobs is not None else None)
+                first = False
+                yield Chunk(ids, completion.text_diff, finish, logprobs=logprobs, prompt_logprobs=prompt)
         finally:
             if not result.finished:
                 result.abort()  # the consumer went away: free the sequence's KV cache blocks
 
     def close(self) -> None:
         self.llm.shutdown()
+
+
+def _entry(token: int, position: dict, top: int) -> TokenLogprob:
+    """One position of TensorRT-LLM's logprobs ({token id: Logprob(logprob, rank)}) as a TokenLogprob."""
+    best = sorted(position.items(), key=lambda kv: -kv[1].logprob)[:top]
+    chosen = position.get(token)
+    return TokenLogprob(token, chosen.logprob if chosen is not None else float("-inf"),
+                        [(t, lp.logprob) for t, lp in best])
+
+
+def _token_logprobs(ids: list[int], positions: list, top: int) -> list[TokenLogprob]:
+    return [_entry(t, p, top) for t, p in zip(ids, positions)]
+
+
+def _prompt_logprobs(prompt_ids: list[int], positions: list | None, top: int) -> list[TokenLogprob | None]:
+    positions = list(positions or [])
+    if len(positions) == len(prompt_ids):  # a first entry for the first token, which nothing predicts
+        positions = positions[1:]
+    return [None] + [_entry(t, p, top) for t, p in zip(prompt_ids[1:], positions)]

@@ -335,7 +335,9 @@ def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split())[:300] or type(e).__name__
 
 
-def _load_model(hf_dir: Path, batch_size, device: str, dtype: str):
+def _load_model(hf_dir: Path, batch_size, device: str, dtype: str, endpoint: str | None = None):
+    if endpoint is not None:
+        return _endpoint_model(endpoint, hf_dir, batch_size)
     from lm_eval.models.huggingface import HFLM
 
     try:
@@ -343,6 +345,25 @@ def _load_model(hf_dir: Path, batch_size, device: str, dtype: str):
         return HFLM(pretrained=str(hf_dir), device=device, batch_size=batch_size, dtype=dtype)
     except (OSError, ValueError, KeyError) as e:
         raise MinitronError(f"{hf_dir}: lm-eval could not load the model: {_one_line(e)}") from None
+
+
+def _endpoint_model(endpoint: str, hf_dir: Path, batch_size):
+    """lm-eval's own `local-completions` model against an OpenAI-compatible server (e.g. `minitron serve`):
+    token-id prompts with echo + logprobs, tokenized with the checkpoint's tokenizer as lm-eval does."""
+    from lm_eval.models.openai_completions import LocalCompletionsAPI
+
+    from minitron.deploy.serving.client import get
+
+    base = endpoint.rstrip("/")
+    try:
+        served = get(f"{base}/models")[1]["data"][0]
+    except (OSError, KeyError, IndexError, ValueError) as e:
+        raise MinitronError(f"--endpoint {endpoint}: no OpenAI-compatible /models there ({_one_line(e)}); "
+                            "give the base URL that `minitron serve` prints, e.g. http://127.0.0.1:8000/v1") from None
+    return LocalCompletionsAPI(base_url=f"{base}/completions", model=served["id"], tokenizer=str(hf_dir),
+                               tokenizer_backend="huggingface", tokenized_requests=True,
+                               batch_size=int(batch_size) if str(batch_size).isdigit() else 1, max_retries=1,
+                               max_length=served.get("max_model_len") or 2048)
 
 
 def _metrics(task_result: dict) -> dict:
@@ -384,7 +405,7 @@ def _leaves(name: str, subtasks: dict) -> list[str]:
 def run_lm_eval(hf_dir: str | Path, tasks: list[str], limit: int | None = None, batch_size: int | str = 8,
                 num_fewshot: int | None = 0, device: str = "cpu", seed: int = 1234, *,
                 dtype: str = "float32", include_path: str | Path | list | None = None,
-                bootstrap_iters: int = 1000, samples: bool = False) -> dict:
+                bootstrap_iters: int = 1000, samples: bool = False, endpoint: str | None = None) -> dict:
     """Evaluate the HF checkpoint `hf_dir` on lm-eval `tasks`; returns ``{task: result}``.
 
     A result is ``{"metrics": {name: {"value": float, "stderr": float | None}}, "n_samples": int,
@@ -392,6 +413,8 @@ def run_lm_eval(hf_dir: str | Path, tasks: list[str], limit: int | None = None, 
     `limit` caps items per task (lm-eval takes the first N); `seed` seeds lm-eval's python, numpy,
     torch and few-shot RNGs. `bootstrap_iters` sizes lm-eval's bootstrap stderr of the perplexity
     metrics (its default, 100000, takes minutes). `samples=True` adds lm-eval's per-item records.
+    `endpoint` (an OpenAI base URL such as `minitron serve`'s http://127.0.0.1:8000/v1): score through that
+    server with lm-eval's `local-completions` model instead of loading `hf_dir` (then only its tokenizer is read).
     """
     tasks = [tasks] if isinstance(tasks, str) else tasks
     if not tasks:
@@ -410,14 +433,14 @@ def run_lm_eval(hf_dir: str | Path, tasks: list[str], limit: int | None = None, 
         return {n: {"skipped": skipped[n]} for n in names}
     return _evaluate(model_dir, manager, loaded, skipped, names, limit=limit, batch_size=batch_size,
                      num_fewshot=num_fewshot, device=device, seed=seed, dtype=dtype,
-                     bootstrap_iters=bootstrap_iters, keep_samples=samples)
+                     bootstrap_iters=bootstrap_iters, keep_samples=samples, endpoint=endpoint)
 
 
 def _evaluate(model_dir, manager, loaded, skipped, names, *, limit, batch_size, num_fewshot, device, seed,
-              dtype, bootstrap_iters, keep_samples) -> dict:
+              dtype, bootstrap_iters, keep_samples, endpoint) -> dict:
     from lm_eval import simple_evaluate
 
-    lm = _load_model(model_dir, batch_size, device, dtype)
+    lm = _load_model(model_dir, batch_size, device, dtype, endpoint)
     start = time.time()
     results = simple_evaluate(model=lm, tasks=loaded, task_manager=manager, limit=limit,
                               num_fewshot=num_fewshot, random_seed=seed, numpy_random_seed=seed,

@@ -110,6 +110,44 @@ def _speed_table(results: dict) -> list[str]:
     return _markdown_table(header, rows) if rows else ["(throughput not measured)"]
 
 
+def _runtimes(folder: RunFolder) -> dict[str, dict]:
+    """`minitron runtimes` results: model name -> runtimes.json (deploy/runtimes.py)."""
+    paths = sorted((folder.root / "runtimes").glob("*/runtimes.json"),
+                   key=lambda p: (p.parent.name != "teacher-corrected", p.parent.name))  # the reference first
+    return {path.parent.name: json.loads(path.read_text()) for path in paths}
+
+
+def _runtimes_table(folder: RunFolder) -> list[str]:
+    measured = _runtimes(folder)
+    if not measured:
+        return ["(not measured: `minitron runtimes` exports the corrected teacher and the distilled students to "
+                "every runtime format and checks and times each there)"]
+    teacher = {(r["format"], r["dtype"]): r for r in measured.get("teacher-corrected", {}).get("rows", [])}
+    header = ["model", "format", "size (MiB)", "load (s)", "greedy = transformers",
+              "max \\|Δ logprob\\| generated / prompt", "prefill tok/s", "decode tok/s", "decode × teacher"]
+    rows, skipped = [], []
+    for model, result in measured.items():
+        for r in result["rows"]:
+            name = f"{r['format'].upper()} {r['dtype']}"
+            if "skipped" in r:
+                skipped.append(f"* {model} {name}: {r['skipped']}")
+                continue
+            base = teacher.get((r["format"], r["dtype"]))
+            rows.append([model, name, _fmt(r["bytes"] / 2**20, 1), _fmt(r["load_seconds"], 2),
+                         "yes" if r["greedy_match"] else f"no ({r['argmax_agree']}/{r['positions']} argmax)",
+                         f"{r['max_abs_dlogprob_generated']:.1e} / {r['max_abs_dlogprob_prompt']:.1e}",
+                         _fmt(r["prefill_tok_s"], 1), _fmt(r["decode_tok_s"], 1),
+                         f"{r['decode_tok_s'] / base['decode_tok_s']:.2f}×" if base and "skipped" not in base
+                         else DASH])
+    first = next(iter(measured.values()))
+    speed = first["speed"]
+    note = (f"Each export run in its runtime (llama.cpp through xllamacpp; ONNX Runtime GenAI) against transformers "
+            f"at fp32 on the same ids: greedy continuation and max |Δ| over the runtime's top-10 log-probabilities. "
+            f"Speed: batch {speed['batch']}, {speed['prompt_tokens']}-token prompt, {speed['new_tokens']} new "
+            f"tokens, median of {speed['repeats']}, {first['threads']} threads ({first['cpu_capability']}).")
+    return _markdown_table(header, rows) + ["", note] + ([""] + skipped if skipped else [])
+
+
 def _hardware(stages: dict) -> list[str]:
     """Where the numbers were measured and in which precision (each stage records its choice)."""
     choices = {name: s["precision"] for name, s in stages.items() if is_training(name) and s.get("precision")}
@@ -267,6 +305,7 @@ def _markdown(folder: RunFolder, stages: dict, results: dict, plots: list[str]) 
         lines += _speed_table(results)
     else:
         lines += ["(no eval stage output yet: add `eval` to the recipe's stages or run `make eval`)"]
+    lines += ["", "## Runtimes", ""] + _runtimes_table(folder)
     lines += _recovery_table(folder, stages, results)
     lines += _teacher_correction_table(folder, stages, results)
     lines += ["", "## Pruning", ""] + _pruning_table(stages)
