@@ -51,6 +51,11 @@ def reference(model_dir: str, prompt: list[int], new_tokens: int):
     return ids, logprobs
 
 
+def _as_dict(position) -> dict[int, float] | None:
+    """One position of vLLM's / TensorRT-LLM's logprobs ({id: Logprob}) as {id: log-probability}."""
+    return None if position is None else {t: lp.logprob for t, lp in position.items()}
+
+
 def run_vllm(model_dir: str, prompt: list[int], new_tokens: int, top_k: int, dtype: str):
     """(generated ids, per prompt position {id: logprob} (position 0: None), per generated position {id: logprob})."""
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine in this process
@@ -64,11 +69,8 @@ def run_vllm(model_dir: str, prompt: list[int], new_tokens: int, top_k: int, dty
     params = SamplingParams(temperature=0.0, max_tokens=new_tokens, logprobs=top_k, prompt_logprobs=top_k,
                             ignore_eos=True)
     out = llm.generate([TokensPrompt(prompt_token_ids=prompt)], params)[0]
-    def as_dict(position):
-        return None if position is None else {t: lp.logprob for t, lp in position.items()}
-
-    return (list(out.outputs[0].token_ids), [as_dict(p) for p in out.prompt_logprobs],
-            [as_dict(p) for p in out.outputs[0].logprobs])
+    return (list(out.outputs[0].token_ids), [_as_dict(p) for p in out.prompt_logprobs],
+            [_as_dict(p) for p in out.outputs[0].logprobs])
 
 
 def run_tensorrt_llm(model_dir: str, prompt: list[int], new_tokens: int, top_k: int, dtype: str):
@@ -79,15 +81,11 @@ def run_tensorrt_llm(model_dir: str, prompt: list[int], new_tokens: int, top_k: 
     params = SamplingParams(max_tokens=new_tokens, top_k=1, logprobs=top_k, prompt_logprobs=top_k, ignore_eos=True)
     out = llm.generate([prompt], params)[0]
     completion = out.outputs[0]
-
-    def as_dict(position):
-        return None if position is None else {t: lp.logprob for t, lp in position.items()}
-
-    prompt_logprobs = [as_dict(p) for p in (getattr(completion, "prompt_logprobs", None) or [])]
+    prompt_logprobs = [_as_dict(p) for p in (getattr(completion, "prompt_logprobs", None) or [])]
     if len(prompt_logprobs) == len(prompt) - 1:  # no entry for the first token
         prompt_logprobs = [None, *prompt_logprobs]
     llm.shutdown()
-    return list(completion.token_ids), prompt_logprobs, [as_dict(p) for p in completion.logprobs]
+    return list(completion.token_ids), prompt_logprobs, [_as_dict(p) for p in completion.logprobs]
 
 
 RUNTIMES = {"vllm": run_vllm, "tensorrt_llm": run_tensorrt_llm}

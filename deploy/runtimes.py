@@ -37,6 +37,11 @@ def _speed_prompt(vocab: int) -> list[int]:
     return [int(i) for i in np.random.default_rng(0).integers(100, vocab, SPEED_PROMPT)]
 
 
+def _medians(runs: list[tuple[float, float]]) -> tuple[float, float]:
+    """Median (prefill, decode) tokens/s of the runs after the first (the warm-up)."""
+    return tuple(statistics.median(r[i] for r in runs[1:]) for i in range(2))
+
+
 def gguf_speed(path: Path, prompt: list[int], threads: int) -> tuple[float, float]:
     """(prefill tokens/s, decode tokens/s) from llama.cpp's own timings."""
     from minitron.deploy.runtime_check import LlamaCpp
@@ -50,7 +55,7 @@ def gguf_speed(path: Path, prompt: list[int], threads: int) -> tuple[float, floa
             raise MinitronError(f"llama.cpp: {reply['error']}")
         runs.append((reply["timings"]["prompt_per_second"], reply["timings"]["predicted_per_second"]))
     del llama
-    return tuple(statistics.median(r[i] for r in runs[1:]) for i in range(2))
+    return _medians(runs)
 
 
 def onnx_speed(path: Path, prompt: list[int]) -> tuple[float, float]:
@@ -73,7 +78,7 @@ def onnx_speed(path: Path, prompt: list[int]) -> tuple[float, float]:
             gen.generate_next_token()
         steps = len(gen.get_sequence(0)) - len(prompt)
         runs.append((len(prompt) / prefill, steps / (time.perf_counter() - start)))
-    return tuple(statistics.median(r[i] for r in runs[1:]) for i in range(2))
+    return _medians(runs)
 
 
 def export_all(hf_dir: str | Path, out: str | Path, overwrite: bool = False, formats=FORMATS) -> dict:
