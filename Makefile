@@ -34,7 +34,7 @@ endif
 	teacher-correct distill eval report export export-gguf export-onnx runtimes check-vllm build-engine serve query \
 	convert-hf-to-nemo convert-nemo-to-hf \
 	test test-fast bench-conversion bench-data-prepare bench-pruning bench-kd-loop bench-kd-step bench-distill \
-	bench-quality bench-fp8 bench-trtllm bench-serving docker-build docker-run clean
+	bench-kd-settings bench-quality bench-fp8 bench-trtllm bench-serving docker-build docker-run clean
 
 help: ## this list
 	@awk -F ':.*## ' '/^[a-z0-9-]+:.*## / { printf "  make %-20s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
@@ -181,6 +181,9 @@ bench-pruning: setup ## activation vs magnitude/random importance, depth choices
 
 bench-kd-loop: setup ## the KD loop vs a plain transformers + PyTorch KD loop: tokens/s, share of peak, loss
 	$(PY) benchmarks/bench_kd_loop.py $(ARGS)
+
+bench-kd-settings: setup ## a plain KD loop's settings one at a time (schedule, weight decay, clipping, data windows, fp32): held-out loss
+	$(PY) benchmarks/bench_kd_settings.py $(ARGS)
 
 bench-kd-step: setup ## one KD step, logit KL chunked vs unchunked, SmolLM2 or Llama-3.1-8B shapes (CPU or GPU)
 	$(PY) benchmarks/bench_kd_step.py $(ARGS)

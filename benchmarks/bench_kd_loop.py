@@ -82,12 +82,12 @@ def flops_per_token(arch, seq: int) -> float:
 STUDENTS = ("width", "depth")   # the recipe's pruned students, distilled from one teacher in the demo
 
 
-def prepare_run(out: Path):
+def prepare_run(out: Path, students: tuple[str, ...] = STUDENTS, overrides: tuple[str, ...] = ()):
     from minitron import pipeline
     from minitron.recipe import load_recipe
     from minitron.run_folder import RunFolder
 
-    recipe = load_recipe(None, ["stages=[import, prune]", f"prune.only=[{', '.join(STUDENTS)}]"],
+    recipe = load_recipe(None, ["stages=[import, prune]", f"prune.only=[{', '.join(students)}]", *overrides],
                          output=str(out / "runs"))
     pipeline.run(recipe)
     return recipe, RunFolder(recipe)

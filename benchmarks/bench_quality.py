@@ -34,25 +34,35 @@ OOD_TEXTS = [Path("/usr/share/common-licenses/GPL-3"), Path("/usr/share/common-l
 ARMS = ("kd", "kd-unrepaired", "lm")
 
 
-def prepared_run(steps: int | None, lr: float | None = None):
-    """The demo recipe with its students pruned (and repaired) and its teacher corrected."""
+def prepared_run(steps: int | None, lr: float | None = None, batch: int | None = None, overrides=()):
+    """The demo recipe (with `overrides`) with its students pruned (and repaired) and its teacher corrected."""
     from minitron import pipeline
     from minitron.recipe import load_recipe
     from minitron.run_folder import RunFolder
 
-    recipe = load_recipe(None)
-    pipeline.run(load_recipe(None, ["stages=[import, teacher_correction, prune]"]))
-    folder = RunFolder(recipe)
+    recipe = load_recipe(None, list(overrides))
+    pipeline.run(load_recipe(None, [*overrides, "stages=[import, teacher_correction, prune]"]))
     if recipe.prune.repair == "none":
         raise SystemExit("bench-quality compares repair on/off: the demo recipe has prune.repair=none")
-    cfg = recipe.distill.train_config()
+    return recipe, RunFolder(recipe), arm_config(recipe.distill.train_config(), steps, lr, batch)
+
+
+def arm_config(cfg, steps: int | None = None, lr: float | None = None, batch: int | None = None):
+    """The recipe's training config with another step count, peak LR or global batch size.
+
+    `batch` without `steps` keeps the recipe's tokens (steps x batch); the warmup keeps its share of the steps and
+    the cosine schedule its shape (min_lr scales with the peak).
+    """
+    if batch:
+        steps = steps or cfg.steps * cfg.global_batch_size // batch
+        cfg = dataclasses.replace(cfg, global_batch_size=batch, micro_batch_size=None)
     if steps:
         cfg = dataclasses.replace(cfg, steps=steps, warmup_steps=max(1, round(cfg.warmup_steps * steps / cfg.steps)),
                                   save_interval=steps)
-    if lr:  # the cosine schedule keeps its shape: min_lr scales with the peak
+    if lr:
         cfg = dataclasses.replace(cfg, lr=lr, min_lr=cfg.min_lr * lr / cfg.lr)
     # four points on the curve, as the recipe's own distillation; the loop validates before step 1 as well
-    return recipe, folder, dataclasses.replace(cfg, eval_interval=max(1, cfg.steps // 4))
+    return dataclasses.replace(cfg, eval_interval=max(1, cfg.steps // 4))
 
 
 def unrepaired_nemo(folder, student: str, out: Path) -> Path:
@@ -76,11 +86,9 @@ def train_arms(recipe, folder, cfg, out: Path, arms: tuple[str, ...] = ARMS) -> 
     starts |= {(s, "lm"): repaired[s] for s in students if "lm" in arms}
     starts |= {(s, "kd-unrepaired"): unrepaired_nemo(folder, s, out) for s in students if "kd-unrepaired" in arms}
     outputs = {key: out / f"{key[0]}-{key[1]}" for key in starts}
-    recipe_cfg = recipe.distill.train_config()
-    for s in students:  # the recipe's own distillation is the kd arm when it ran with these steps and this LR
+    for s in students:  # the recipe's own distillation is the kd arm when it ran with this training config
         stage = stage_name("distill", s)
-        if ("kd" in arms and folder.done(stage) and folder.summary(stage)["steps"] == cfg.steps
-                and cfg.lr == recipe_cfg.lr):
+        if "kd" in arms and folder.done(stage) and cfg == recipe.distill.train_config():
             outputs[(s, "kd")] = folder.stage_dir(stage)
     for teacher, arms in ((folder.teacher_nemo(), ("kd", "kd-unrepaired")), (None, ("lm",))):
         keys = [k for k in starts if k[1] in arms and not (outputs[k] / "hf").is_dir()
@@ -161,11 +169,16 @@ def main() -> None:
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS), help="which arms to train")
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate of every arm (default: the "
                         "recipe's; min_lr scales with it)")
+    parser.add_argument("--global-batch-size", type=int, default=None, help="sequences per step (default: the "
+                        "recipe's); without --steps the tokens stay the recipe's")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="overrides of the demo recipe, "
+                        "e.g. other students: 'prune.students=[{name: w9, hidden_size: 384, ffn_hidden_size: 896}]' "
+                        "'distill.students=[w9]' (new students are pruned in the demo's run folder)")
     args = parser.parse_args()
     out = args.output or Path(tempfile.mkdtemp(prefix="bench_quality-"))
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    recipe, folder, cfg = prepared_run(args.steps, args.lr)
+    recipe, folder, cfg = prepared_run(args.steps, args.lr, args.global_batch_size, args.set)
     if args.students:
         unknown = sorted(set(args.students) - set(recipe.distill.students))
         if unknown:

@@ -2,7 +2,7 @@
 
 ``precision: auto`` computes in fp32 on CPUs without native bf16 (`minitron.runtime.precision`), where a
 token costs several times its bf16 time. A CPU recipe that must fit a wall time on every machine names a
-smaller budget here (training steps and lm-eval items; never the held-out perplexity tokens, so
+smaller budget here (training steps, calibration sequences and lm-eval items; never the held-out perplexity tokens, so
 students are compared on the same text everywhere); `apply` is the one place that applies it, when the recipe is loaded, so every stage,
 `minitron plan` and `minitron config` see the budget that will run. Stage summaries and the report say
 what was reduced and why. GPUs and CPUs with native bf16 run the recipe as written.
@@ -25,16 +25,18 @@ class CpuBudgetConfig:
     teacher_correction_steps: Optional[int] = doc(None, "teacher correction steps instead of its `steps`")
     distill_steps: Optional[int] = doc(None, "distillation steps instead of its `steps`")
     lm_eval_limit: Optional[int] = doc(None, "lm-eval items per task instead of eval.lm_eval.limit")
+    calibration_samples: Optional[int] = doc(None, "prune.calibration_samples (and at most as many "
+                                                   "prune.repair_samples) where the CPU has no native bf16")
 
     def check(self) -> list[str]:
-        keys = ("teacher_correction_steps", "distill_steps", "lm_eval_limit")
+        keys = ("teacher_correction_steps", "distill_steps", "lm_eval_limit", "calibration_samples")
         return [f"cpu_budget.{k}={getattr(self, k)} must be >= 1 or null" for k in keys
                 if getattr(self, k) is not None and getattr(self, k) < 1]
 
 
 def apply(recipe) -> dict[str, list[str]]:
     """Shrink, in place, the parts of `recipe` that compute in fp32 on this machine's CPU to its `cpu_budget`;
-    the changes in words, by recipe section (`teacher_correction`, `distill`, `eval`). A section already
+    the changes in words, by recipe section (`teacher_correction`, `distill`, `prune`, `eval`). A section already
     smaller than the budget keeps its size."""
     from minitron.runtime.precision import fp32_on_cpu  # torch: only for recipes that have a budget
 
@@ -56,6 +58,14 @@ def apply(recipe) -> dict[str, list[str]]:
                 f"of {cfg.steps * batch}")
         applied[section_name] = [note + (f", warmup_steps {warmup} instead of {cfg.warmup_steps}"
                                          if warmup != cfg.warmup_steps else "")]
+    # Pruning computes in prune.dtype (fp32) on every CPU; its calibration costs what fp32 costs where bf16 training
+    # does, so it shrinks where training does: on CPUs without native bf16.
+    prune, n = recipe.prune, budget.calibration_samples
+    if n is not None and n < prune.calibration_samples and fp32_on_cpu("auto"):
+        applied["prune"] = [f"{n} calibration sequences (cpu_budget.calibration_samples) instead of "
+                            f"{prune.calibration_samples}" + (f", repair on {n} instead of {prune.repair_samples}"
+                                                              if n < prune.repair_samples else "")]
+        prune.calibration_samples, prune.repair_samples = n, min(n, prune.repair_samples)
     # Held-out perplexity is never shrunk: recovery is compared on the same tokens on every machine.
     lm, notes, skip = recipe.eval.lm_eval, [], recipe.eval.skip
     if budget.lm_eval_limit is not None and (lm.limit is None or budget.lm_eval_limit < lm.limit) \

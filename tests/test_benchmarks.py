@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 from types import SimpleNamespace
@@ -69,3 +70,56 @@ def test_plain_baseline_trains_as_the_minitron_loop(bench, models, tmp_path):
                         seed=job.data.seed)
     plain = bench.plain_loop(models / "teacher_hf", models / "student_hf", rows, job.train, False, tmp_path / "plain")
     assert [plain["first_loss"], *plain["losses"]] == pytest.approx(minitron_losses, rel=1e-5)
+
+
+def _load(name: str):
+    import sys
+
+    sys.path.insert(0, str(REPO / "benchmarks"))  # the benches import each other as scripts do
+    spec = importlib.util.spec_from_file_location(name, REPO / f"benchmarks/{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("steps,lr,batch", [(None, None, 2), (None, 1e-3, 32), (400, None, None), (50, 3e-3, 4)])
+def test_quality_arm_config_keeps_tokens_and_schedule_shape(steps, lr, batch):
+    """bench-quality's arms: another batch size alone keeps the recipe's tokens; warmup keeps its share of the
+    steps; min_lr keeps its ratio to the peak; the curve gets four points."""
+    from minitron.training.config import TrainConfig
+
+    recipe = TrainConfig(steps=100, global_batch_size=8, micro_batch_size=None, lr=1e-3, min_lr=1e-4,
+                         warmup_steps=10, eval_interval=25)
+    cfg = _load("bench_quality").arm_config(recipe, steps, lr, batch)
+    if steps is None:
+        assert cfg.steps * cfg.global_batch_size == 800
+    assert cfg.global_batch_size == (batch or 8) and cfg.steps == (steps or 800 // (batch or 8))
+    assert cfg.warmup_steps == round(10 * cfg.steps / 100)
+    assert cfg.min_lr / cfg.lr == pytest.approx(0.1) and cfg.lr == (lr or 1e-3)
+    assert cfg.eval_interval == cfg.steps // 4
+
+
+def test_kd_settings_rows_change_one_setting_each():
+    """bench-kd-settings: every row but the last differs from `plain` in exactly the setting it names; random
+    windows are windows of the stream at seeded offsets."""
+    from minitron.training.config import TrainConfig
+
+    bench = _load("bench_kd_settings")
+    cfg = TrainConfig(steps=12, lr=3e-4, min_lr=3e-5, warmup_steps=1, weight_decay=0.1, clip_grad=1.0)
+    rows, windows = ["rows"], ["windows"]
+    table = bench.variants(cfg, rows, windows, bf16=True)
+    changed = {name: ({f.name for f in dataclasses.fields(c) if getattr(c, f.name) != getattr(cfg, f.name)},
+                       r is windows, b)
+               for name, (c, r, b) in table.items()}
+    assert changed == {"plain": (set(), False, True),
+                       "constant LR": ({"warmup_steps", "min_lr"}, False, True),
+                       "weight decay 0.01": ({"weight_decay"}, False, True),
+                       "no clipping": ({"clip_grad"}, False, True),
+                       "random windows": (set(), True, True),
+                       "fp32": (set(), False, False),
+                       "as a user writes it": ({"warmup_steps", "min_lr", "weight_decay", "clip_grad"}, True, True)}
+    assert "fp32" not in bench.variants(cfg, rows, windows, bf16=False)
+    stream = torch.arange(1000)
+    got = bench.random_windows(stream, 5, 257, seed=3)
+    assert [w.tolist() for w in got] == [w.tolist() for w in bench.random_windows(stream, 5, 257, seed=3)]
+    assert all(len(w) == 257 and torch.equal(w, torch.arange(int(w[0]), int(w[0]) + 257)) for w in got)

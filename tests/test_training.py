@@ -284,6 +284,21 @@ def test_cpu_budget_shrinks_what_runs_in_fp32_on_a_cpu(tiny_hf, tmp_path):
         loaded("fp32", 10, budget="{distill_steps: 0}")
 
 
+@pytest.mark.parametrize("bf16_native", [True, False])
+def test_cpu_budget_shrinks_calibration_where_bf16_is_not_native(tiny_hf, tmp_path, monkeypatch, bf16_native):
+    """cpu_budget.calibration_samples: pruning computes in fp32 everywhere, so its calibration shrinks by the
+    machine (no native bf16), not by prune.dtype; repair never gets more sequences than calibration."""
+    from minitron.recipe import load_recipe
+    from minitron.runtime import precision
+
+    monkeypatch.setattr(precision, "fp32_on_cpu", lambda requested, device=None: not bf16_native)
+    recipe = load_recipe(write_tiny_recipe(tmp_path, tiny_hf, "[import, prune]", "[{name: depth, num_layers: 2}]",
+                                           "cpu_budget: {reason: fits 30 min, calibration_samples: 4}\n"))
+    assert (recipe.prune.calibration_samples, recipe.prune.repair_samples) == ((8, 64) if bf16_native else (4, 4))
+    assert recipe.applied_budget.get("prune") == (None if bf16_native else [
+        "4 calibration sequences (cpu_budget.calibration_samples) instead of 8, repair on 4 instead of 64"])
+
+
 @pytest.mark.parametrize("override, message", [
     ({"global_batch_size": 6, "micro_batch_size": 4}, "not a multiple of micro_batch_size"),
     ({"warmup_steps": 100, "steps": 100}, "warmup_steps"),

@@ -281,7 +281,12 @@ def _pruning_table(stages: dict) -> list[str]:
                      ", ".join(map(str, r["layers_dropped"])) or DASH])
     header = ["student", "teacher params", "student params", "non-emb kept", "teacher val loss",
               "pruned val loss", "repaired val loss", "repair (s)", "stage (s)", "layers dropped"]
-    return _markdown_table(header, rows) if rows else ["(no pruning stage in this run)"]
+    if not rows:
+        return ["(no pruning stage in this run)"]
+    budget = next((s for name, s in stages.items() if stage_kind(name) == "prune" and s.get("budget")), None)
+    reason = f"; {budget['budget_reason']}" if budget and budget.get("budget_reason") else ""
+    return _markdown_table(header, rows) + ([] if budget is None else [
+        "", f"Calibration reduced to fit the time on this hardware (fp32 on CPU{reason}): {budget['budget']}."])
 
 
 def _markdown(folder: RunFolder, stages: dict, results: dict, plots: list[str]) -> list[str]:

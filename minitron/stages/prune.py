@@ -115,7 +115,13 @@ def finish(folder: RunFolder, out: Path, job: PruneJob, result: dict) -> dict:
             "validation_loss": result["validation_loss"], "teacher_validation_loss": result["teacher_validation_loss"],
             "layers_dropped": result["layers_dropped"], "calibration": result["calibration"],
             "prune_seconds": result["prune_seconds"], "hf_vs_megatron_max_abs_logit_diff": parity,
-            "export_seconds": export["seconds"], "report": files}
+            "export_seconds": export["seconds"], "report": files, **_budget(folder)}
+
+
+def _budget(folder: RunFolder) -> dict:
+    """What cpu_budget shrank for this machine (fewer calibration sequences), for the report."""
+    budget = folder.recipe.applied_budget.get("prune")
+    return {"budget": "; ".join(budget), "budget_reason": folder.recipe.cpu_budget.reason} if budget else {}
 
 
 def prune_under_torchrun(folder: RunFolder) -> dict | None:
