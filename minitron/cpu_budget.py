@@ -76,3 +76,10 @@ def apply(recipe) -> dict[str, list[str]]:
     if notes:
         applied["eval"] = notes
     return applied
+
+
+def summary_fields(recipe, section: str) -> dict:
+    """`budget` (what `apply` shrank in `section`, in words) and its `budget_reason`, for a stage's summary.json;
+    empty where the section runs as written (the report marks such results as not comparable with full runs)."""
+    budget = recipe.applied_budget.get(section)
+    return {"budget": "; ".join(budget), "budget_reason": recipe.cpu_budget.reason} if budget else {}

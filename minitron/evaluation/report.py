@@ -181,9 +181,9 @@ def _training_table(stages: dict) -> list[str]:
     budgets = {name: s for name, s in stages.items() if is_training(name) and s.get("budget")}
     if not budgets:
         return _markdown_table(header, rows)
-    reason = next(iter(budgets.values())).get("budget_reason")
+    reason = _reason(next(iter(budgets.values())))
     return _markdown_table(header, rows) + ["", f"Token budget reduced to fit the time on this hardware (fp32 on CPU"
-                                                f"{'; ' + reason if reason else ''}):",
+                                                f"{reason}):",
                                             *[f"* {name}: {s['budget']}" for name, s in budgets.items()]]
 
 
@@ -265,6 +265,11 @@ def _recovery_table(folder: RunFolder, stages: dict, results: dict) -> list[str]
                               "gap closed by repair", "gap closed in all", "… by distillation"], rows)]
 
 
+def _reason(summary: dict) -> str:
+    """"; <cpu_budget.reason>" of a stage summary that ran on a reduced budget, else ""."""
+    return f"; {summary['budget_reason']}" if summary.get("budget_reason") else ""
+
+
 def _pruning_table(stages: dict) -> list[str]:
     rows = []
     for name, s in stages.items():
@@ -284,9 +289,9 @@ def _pruning_table(stages: dict) -> list[str]:
     if not rows:
         return ["(no pruning stage in this run)"]
     budget = next((s for name, s in stages.items() if stage_kind(name) == "prune" and s.get("budget")), None)
-    reason = f"; {budget['budget_reason']}" if budget and budget.get("budget_reason") else ""
     return _markdown_table(header, rows) + ([] if budget is None else [
-        "", f"Calibration reduced to fit the time on this hardware (fp32 on CPU{reason}): {budget['budget']}."])
+        "", f"Calibration reduced to fit the time on this hardware (fp32 on CPU{_reason(budget)}): "
+            f"{budget['budget']}."])
 
 
 def _markdown(folder: RunFolder, stages: dict, results: dict, plots: list[str]) -> list[str]:
@@ -302,8 +307,7 @@ def _markdown(folder: RunFolder, stages: dict, results: dict, plots: list[str]) 
                   "accuracy. Speed: PyTorch, largest batch measured; the ideal FLOP ratio is the speedup "
                   "that forward FLOPs per token alone predict.", ""]
         if ev.get("budget"):  # cpu_budget: not comparable with runs on CPUs with native bf16
-            reason = f"; {ev['budget_reason']}" if ev.get("budget_reason") else ""
-            lines += [f"Smaller measurements to fit the time on this hardware (fp32 on CPU{reason}): "
+            lines += [f"Smaller measurements to fit the time on this hardware (fp32 on CPU{_reason(ev)}): "
                       + "; ".join(ev["budget"]) + ".", ""]
         lines += [f"* `{task}` skipped: {reason}" for task, reason in skip_reasons(results).items()]
         lines += ["", "## Speed", ""]

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from minitron import config, data
+from minitron import config, cpu_budget, data
 from minitron.conversion.convert import load_megatron_from_nemo, nemo_to_hf
 from minitron.conversion.nemo_checkpoint import content_digest
 from minitron.conversion.verify import hf_logits
@@ -115,13 +115,8 @@ def finish(folder: RunFolder, out: Path, job: PruneJob, result: dict) -> dict:
             "validation_loss": result["validation_loss"], "teacher_validation_loss": result["teacher_validation_loss"],
             "layers_dropped": result["layers_dropped"], "calibration": result["calibration"],
             "prune_seconds": result["prune_seconds"], "hf_vs_megatron_max_abs_logit_diff": parity,
-            "export_seconds": export["seconds"], "report": files, **_budget(folder)}
-
-
-def _budget(folder: RunFolder) -> dict:
-    """What cpu_budget shrank for this machine (fewer calibration sequences), for the report."""
-    budget = folder.recipe.applied_budget.get("prune")
-    return {"budget": "; ".join(budget), "budget_reason": folder.recipe.cpu_budget.reason} if budget else {}
+            "export_seconds": export["seconds"], "report": files,
+            **cpu_budget.summary_fields(folder.recipe, "prune")}
 
 
 def prune_under_torchrun(folder: RunFolder) -> dict | None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import matplotlib
 
-from minitron import config
+from minitron import config, cpu_budget
 from minitron.conversion.convert import nemo_to_hf
 from minitron.errors import MinitronError
 from minitron.run_folder import RunFolder, is_training, stage_kind, stage_name, student_of
@@ -134,9 +134,7 @@ def train_stage(folder: RunFolder, stage: str, out: Path, trained: tuple[dict, f
                "tokens_per_second": sum(m["tokens_per_second"] for m in last.values()) / len(last),
                "checkpoints": str(work / "checkpoints"), "export_seconds": export["seconds"],
                "precision": result["precision"]}
-    budget = folder.recipe.applied_budget.get(stage_kind(stage))
-    if budget:  # a smaller budget than the recipe's (cpu_budget), so not comparable with full runs
-        summary.update(budget="; ".join(budget), budget_reason=folder.recipe.cpu_budget.reason)
+    summary |= cpu_budget.summary_fields(folder.recipe, stage_kind(stage))
     if result.get("trained_with"):  # its time is counted in that stage's seconds_this_run
         summary["trained_with"] = result["trained_with"]
     summary["teacher_model"] = folder.teacher_model(stage) if teacher else None
