@@ -17,6 +17,8 @@ ARGS     ?=
 CONFIG_FLAG = $(if $(RECIPE),--config $(RECIPE),)
 OUT_FLAG    = $(if $(OUT),--output $(OUT),)
 PYTEST_ARGS ?=
+# make test's pytest-xdist workers (each test file on one worker); TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 2
 # CPU=avx2: run as an AVX2-only CPU would (no AVX512, no native bf16) on a newer one, to see that path's
 # precision (auto -> fp32) and speed: oneDNN, MKL and PyTorch's own kernels are held to AVX2.
 CPU      ?=
@@ -33,7 +35,7 @@ endif
 .PHONY: help setup nemo-env model demo run launch data-prepare prune-width prune-depth prune teacher-correction \
 	teacher-correct distill eval report export export-gguf export-onnx runtimes check-vllm build-engine serve query \
 	convert-hf-to-nemo convert-nemo-to-hf \
-	test test-fast bench-conversion bench-data-prepare bench-pruning bench-kd-loop bench-kd-step bench-distill \
+	test test-fast bench-conversion bench-data-prepare bench-pruning bench-kd-loop bench-kd-step bench-repair bench-distill \
 	bench-kd-settings bench-quality bench-fp8 bench-trtllm bench-serving docker-build docker-run clean
 
 help: ## this list
@@ -165,7 +167,7 @@ convert-nemo-to-hf: setup ## IN=nemo_dir OUT=hf_dir
 
 # The README's test command; CI (.ci/run) calls exactly this.
 test: setup nemo-env ## the whole test suite (what CI runs)
-	MINITRON_TEST_NEMO_PYTHON=$(NEMO_PY) $(PY) -m pytest $(PYTEST_ARGS)
+	MINITRON_TEST_NEMO_PYTHON=$(NEMO_PY) $(PY) -m pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile,) $(PYTEST_ARGS)
 
 test-fast: setup ## tiny random models only: no SmolLM2, no torchrun
 	$(PY) -m pytest -m "not smollm2 and not torchrun" $(PYTEST_ARGS)
@@ -187,6 +189,9 @@ bench-kd-settings: setup ## a plain KD loop's settings one at a time (schedule, 
 
 bench-kd-step: setup ## one KD step, logit KL chunked vs unchunked, SmolLM2 or Llama-3.1-8B shapes (CPU or GPU)
 	$(PY) benchmarks/bench_kd_step.py $(ARGS)
+
+bench-repair: setup ## closed-form repair at a real shape (random weights): seconds, peak memory vs minitron plan, error before/after
+	$(PY) benchmarks/bench_repair.py $(ARGS)
 
 bench-distill: bench-kd-loop ## bench-kd-loop, then exactness, throughput and recovery of distillation
 	$(PY) benchmarks/bench_distill.py

@@ -102,9 +102,12 @@ def repair_tokens(recipe: Recipe) -> int:
 
 def repair_memory(teacher: LlamaArch, student: LlamaArch, recipe: Recipe) -> dict[str, float]:
     """GiB on the most loaded GPU of prune's closed-form repair (`minitron/pruning/repair.py`, TP=1): both models
-    in prune.dtype on its pipeline stage; both residual streams and the teacher's per-layer targets (kept q/k/v
-    rows, gate/up rows, two residuals on the kept channels, the full next residual) of every repair token; the
-    largest Gram and cross matrices in fp32."""
+    in prune.dtype on its pipeline stage; for every repair token, both residual streams, the teacher's per-layer
+    targets (kept q/k/v rows, gate/up rows, two residuals on the kept channels, the full next residual), the
+    student's residual after attention and MLP input, and its next residual; the unfused attention of one
+    calibration micro-batch (Megatron's local spec: scores in prune.dtype plus three fp32 copies for the
+    softmax); the largest Gram and cross matrices in fp32. Checked against the peak measured by
+    `benchmarks/bench_repair.py` on an H200 (README, Measured)."""
     cfg, pp = recipe.prune, recipe.layout("prune").pipeline_parallel
     size = 4 if cfg.dtype in ("float32", "fp32") else 2
     lay = Layout(1, pp, 1, 1, recipe.data.seq_length, False)
@@ -112,11 +115,13 @@ def repair_memory(teacher: LlamaArch, student: LlamaArch, recipe: Recipe) -> dic
     qkv = (student.num_attention_heads + 2 * student.num_query_groups) * student.head_dim
     per_token = student.hidden_size + teacher.hidden_size  # the two residual streams
     per_token += qkv + 2 * student.ffn_hidden_size + 2 * student.hidden_size + teacher.hidden_size  # targets
+    per_token += 3 * student.hidden_size  # mid residual and MLP input of every batch, then the next residual
+    heads = max(teacher.num_attention_heads, student.num_attention_heads)
+    attention = cfg.calibration_batch_size * heads * recipe.data.seq_length ** 2 * (size + 12)
     widest = max(student.hidden_size, student.ffn_hidden_size, student.num_attention_heads * student.head_dim)
     fits = 4 * (widest ** 2 + student.hidden_size * max(qkv, 2 * student.ffn_hidden_size))
     memory = {"weights": size * params_per_gpu(student, lay), "gradients": 0.0, "optimizer": 0.0,
-              "teacher_weights": size * params_per_gpu(teacher, lay), "activations": size * tokens * per_token + fits,
-              "logits": 0.0, "reserve": RESERVE_GIB * GIB}
+              "teacher_weights": size * params_per_gpu(teacher, lay), "activations": size * tokens * per_token + fits + attention, "logits": 0.0, "reserve": RESERVE_GIB * GIB}
     return {k: v / GIB for k, v in memory.items()}
 
 
@@ -163,8 +168,8 @@ def plan(recipe: Recipe, teacher: LlamaArch, nodes: int, gpus_per_node: int, gpu
             total = sum(memory.values())
             if total > gpu.memory_gib:
                 problems.append(f"prune-{s.name} repair: needs {total:.1f} GiB per GPU, more than the "
-                                f"{gpu.memory_gib:g} GiB there (lower prune.repair_samples or raise prune's "
-                                "pipeline_parallel)")
+                                f"{gpu.memory_gib:g} GiB there (lower prune.repair_samples: every pipeline "
+                                "stage keeps the activations of all repair tokens)")
             stages[f"prune-{s.name} repair"] = {
                 "layout": {"tp": 1, "pp": recipe.layout("prune").pipeline_parallel, "dp": 1},
                 "memory_gib": {k: round(v, 2) for k, v in memory.items()},

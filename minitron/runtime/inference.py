@@ -21,6 +21,7 @@ def forward_logits(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor
     are gathered), so it exercises exactly the code path training uses.
     """
     batch, seq = tokens.shape
+    tokens = tokens.to(next(model.parameters()).device)
 
     def step(data_iterator, stage_model):
         tok = next(data_iterator)
@@ -82,8 +83,10 @@ def forward_only(model: torch.nn.Module, batches, collect=None) -> list:
 @torch.no_grad()
 def lm_loss(model: torch.nn.Module, batches) -> float:
     """Mean next-token cross-entropy (nats/token) over `batches`, identical on every rank."""
-    sums = forward_only(model, batches, collect=lambda loss: torch.stack([loss.float().sum(),
-                                                                           torch.tensor(float(loss.numel()))]))
+    def sums_of(loss):  # on the loss's device: a CPU count beside CUDA sums would not stack
+        return torch.stack([loss.float().sum(), torch.tensor(float(loss.numel()), device=loss.device)])
+
+    sums = forward_only(model, batches, collect=sums_of)
     total = torch.stack(sums).sum(0) if sums else torch.zeros(2)
     total = _broadcast_from_last_stage(total.to(next(model.parameters()).device).float())
     return (total[0] / total[1]).item()

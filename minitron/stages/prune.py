@@ -47,11 +47,20 @@ def scores_dir(folder: RunFolder, teacher: Path, token_digest: str) -> Path:
 
 
 def write_tokens(recipe: Recipe, hf_dir: Path, path: Path) -> str:
-    """Calibration rows from the train split, validation rows from the held-out split."""
+    """Calibration rows from the train split, validation rows from the held-out split.
+
+    Calibration takes the *last* rows of one epoch of the train split in the order of prune.seed: training
+    reads that order from the front (data.seed = prune.seed by default), so distillation does not begin on
+    the rows repair was just fitted to (they would show it a loss far below its real one and teach it little).
+    """
     prepared = data.prepare(recipe.data, hf_dir)
     seq = recipe.data.seq_length
-    calibration = torch.stack(list(data.samples(prepared, "train", seq, recipe.prune.calibration_samples,
-                                                seed=recipe.prune.seed)))
+    epoch = data.samples(prepared, "train", seq, seed=recipe.prune.seed)
+    count = recipe.prune.calibration_samples
+    if count > len(epoch):
+        raise MinitronError(f"prune.calibration_samples={count} is more than the {len(epoch)} train samples of "
+                            f"{seq + 1} tokens in {prepared.root}; ask for fewer or give it more text")
+    calibration = torch.stack([epoch[i] for i in range(len(epoch) - count, len(epoch))])
     validation = torch.stack(list(data.samples(prepared, "validation", seq, recipe.prune.validation_samples)))
     save_file({"calibration": calibration.contiguous(), "validation": validation.contiguous()}, str(path))
     digest = hashlib.sha256(calibration.numpy().tobytes()).hexdigest()
