@@ -1,0 +1,58 @@
+"""`minitron distill` launched three ways (external torchrun, nproc=N, teacher shared or not) trains identically.
+
+Its own file so that pytest-xdist (`make test`, one file per worker) can run this multi-process test beside
+test_training.py rather than after it.
+"""
+
+import json
+
+import pytest
+
+from conftest import REPO, stage_summary, write_tiny_recipe, write_train_yaml
+
+
+@pytest.mark.torchrun
+def test_distill_under_external_torchrun_equals_nproc_launch(tiny_hf, tmp_path):
+    """`torchrun -m minitron.cli distill` (how multi-node runs) trains exactly like `minitron distill nproc=2`;
+    with distill.share_teacher the two students train side by side on one teacher forward, and exactly as
+    without it, student after student in one torchrun job (the process group made again for each)."""
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import run_minitron
+
+    train_yaml = write_train_yaml(tmp_path / "train.yaml", steps=3, interval=3)
+    recipe = write_tiny_recipe(tmp_path, tiny_hf, "[import, prune, distill]",
+                               "[{name: width, hidden_size: 48, ffn_hidden_size: 64}, {name: depth, num_layers: 2}]",
+                               f"distill: {{config: {train_yaml}, share_teacher: true}}\n")
+    first = run_minitron("run", "--config", str(recipe), "--output", str(tmp_path / "a"), "stages=[import, prune]")
+    assert first.returncode == 0, first.stderr[-2000:]
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    shutil.copytree(tmp_path / "a", tmp_path / "c")
+
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                "-m", "minitron.cli", "distill", "--config", str(recipe), "--output", str(tmp_path / "a")]
+    refused = subprocess.run(torchrun + ["nproc=2"], capture_output=True, text=True, cwd=REPO)
+    assert refused.returncode != 0 and "leave it out" in refused.stderr
+    external = subprocess.run(torchrun, capture_output=True, text=True, cwd=REPO)
+    assert external.returncode == 0, external.stderr[-3000:]
+    internal = run_minitron("distill", "--config", str(recipe), "--output", str(tmp_path / "b"), "nproc=2")
+    assert internal.returncode == 0, internal.stderr[-3000:]
+    unshared = run_minitron("distill", "--config", str(recipe), "--output", str(tmp_path / "c"), "nproc=2",
+                            "distill.share_teacher=false")
+    assert unshared.returncode == 0, unshared.stderr[-3000:]
+
+    def losses(root, student):
+        metrics = (root / f"tiny/distill-{student}/metrics.jsonl").read_text().splitlines()
+        return [json.loads(line)["loss"] for line in metrics]
+
+    for student in ("width", "depth"):
+        assert len(losses(tmp_path / "a", student)) == 3
+        assert losses(tmp_path / "a", student) == losses(tmp_path / "b", student) == losses(tmp_path / "c", student)
+    for root in ("a", "b"):
+        summary = stage_summary(tmp_path / root / "tiny/distill-depth")
+        assert summary["trained_with"] == "distill-width" and summary["steps"] == 3
+        assert (tmp_path / root / "tiny/distill-depth/hf/config.json").is_file()
+        assert not (tmp_path / root / "tiny/distill-depth.work/trained.json").exists()
+    assert "trained_with" not in stage_summary(tmp_path / "c/tiny/distill-depth")
