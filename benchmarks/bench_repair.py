@@ -3,7 +3,8 @@ calibration error and validation loss before/after.
 
 Run: make bench-repair   (or: .venv/bin/python benchmarks/bench_repair.py [--shape smollm2-135m|llama3.1-8b]
      [--layers N] [--samples N] [--seq-length N] [--output DIR])
-On a GPU (the GPU check): python3 benchmarks/bench_repair.py --shape llama3.1-8b --layers 8 --samples 64 --seq-length 8192
+On a GPU (the GPU check):
+     python3 benchmarks/bench_repair.py --shape llama3.1-8b --layers 8 --samples 64 --seq-length 8192
 
 The teacher is a random-weight Llama of a real shape (`--layers` keeps its first N layers: per-layer sizes, and
 so the Gram matrices and the per-token activations, are the full model's), written as an HF folder and imported
@@ -36,7 +37,8 @@ RECIPES = {"smollm2-135m": REPO / "recipes" / "smollm2-135m_minitron_cpu.yaml",
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--shape", choices=sorted(SHAPES), default="smollm2-135m", help="teacher shape (student: its width prune)")
+    p.add_argument("--shape", choices=sorted(SHAPES), default="smollm2-135m",
+                   help="teacher shape (student: its width prune)")
     p.add_argument("--layers", type=int, default=None, help="keep the first N layers of the teacher (default all)")
     p.add_argument("--samples", type=int, default=32, help="calibration (= repair) sequences")
     p.add_argument("--seq-length", type=int, default=256)
@@ -69,6 +71,7 @@ def run(args) -> dict:
     from minitron.conversion.convert import hf_to_nemo
     from minitron.plan import repair_memory, student_arch, teacher_arch
     from minitron.pruning.prune import PruneJob, run_job
+    from minitron.runtime.precision import hardware as machine
 
     recipe = recipe_for(args)
     out = args.output / f"{args.shape}_L{args.layers or 'all'}_{args.samples}x{args.seq_length}"
@@ -98,18 +101,19 @@ def run(args) -> dict:
     planned = repair_memory(teacher, student_arch(teacher, student), recipe)
     full = teacher_arch(recipe, "llama3.1-8b") if args.shape == "llama3.1-8b" else teacher
     planned_full = repair_memory(full, student_arch(full, student), recipe)
-    repair = result["repair"]
+    repair, hardware = result["repair"], machine()
     return {
         "shape": args.shape, "layers": teacher.num_layers, "tokens": args.samples * args.seq_length,
         "samples": args.samples, "seq_length": args.seq_length, "dtype": recipe.prune.dtype,
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({torch.backends.cpu.get_cpu_capability()})",
+        "device": hardware["gpu"] or f"CPU ({hardware['cpu_capability']})",
         "setup_seconds": round(setup_seconds, 1), "prune_job_seconds": round(job_seconds, 1),
         "repair_seconds": repair["seconds"], "repair_share": round(repair["seconds"] / job_seconds, 3),
         "fits": repair["fits"], "fits_taken": repair["fits_taken"],
         "calibration_error_before": repair["calibration_error_before"],
         "calibration_error_after": repair["calibration_error_after"],
         "validation_loss_teacher": result["teacher_validation_loss"],
-        "validation_loss_pruned": result["unrepaired_validation_loss"], "validation_loss_repaired": result["validation_loss"],
+        "validation_loss_pruned": result["unrepaired_validation_loss"],
+        "validation_loss_repaired": result["validation_loss"],
         "peak_gpu_memory_gib": repair.get("peak_gpu_memory_gib"),
         "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2),
         "planned_gib": round(sum(planned.values()), 2), "planned_gib_full_model": round(sum(planned_full.values()), 2),

@@ -121,7 +121,8 @@ def repair_memory(teacher: LlamaArch, student: LlamaArch, recipe: Recipe) -> dic
     widest = max(student.hidden_size, student.ffn_hidden_size, student.num_attention_heads * student.head_dim)
     fits = 4 * (widest ** 2 + student.hidden_size * max(qkv, 2 * student.ffn_hidden_size))
     memory = {"weights": size * params_per_gpu(student, lay), "gradients": 0.0, "optimizer": 0.0,
-              "teacher_weights": size * params_per_gpu(teacher, lay), "activations": size * tokens * per_token + fits + attention, "logits": 0.0, "reserve": RESERVE_GIB * GIB}
+              "teacher_weights": size * params_per_gpu(teacher, lay),
+              "activations": size * tokens * per_token + fits + attention, "logits": 0.0, "reserve": RESERVE_GIB * GIB}
     return {k: v / GIB for k, v in memory.items()}
 
 

@@ -20,4 +20,4 @@ python3 benchmarks/bench_kd_step.py --shape llama3.1-8b --layers 4 --seq-length 
   --micro-batch-size 2 --steps 6 --output /tmp/bench_kd_step
 # Closed-form repair at the Llama 3.1 8B -> Minitron-4B-Width shape (8 of the 32 layers, the 8B recipe's prune
 # settings, 64 x 8192 calibration tokens): seconds, peak GPU memory against `minitron plan`, error before/after.
-(cd benchmarks && python3 bench_repair.py --shape llama3.1-8b --layers 8 --samples 64 --seq-length 8192 --output /tmp/bench_repair)
+python3 benchmarks/bench_repair.py --shape llama3.1-8b --layers 8 --samples 64 --seq-length 8192 --output /tmp/bench_repair
