@@ -2,8 +2,9 @@
 
 ``precision: auto`` computes in fp32 on CPUs without native bf16 (`minitron.runtime.precision`), where a
 token costs several times its bf16 time. A CPU recipe that must fit a wall time on every machine names a
-smaller budget here (training steps, calibration sequences and lm-eval items; never the held-out perplexity tokens, so
-students are compared on the same text everywhere); `apply` is the one place that applies it, when the recipe is loaded, so every stage,
+smaller budget here (training steps, calibration sequences, the uncorrected-teacher comparison, lm-eval items
+and models; never the held-out perplexity tokens, so students are compared on the same text everywhere);
+`apply` is the one place that applies it, when the recipe is loaded, so every stage,
 `minitron plan` and `minitron config` see the budget that will run. Stage summaries and the report say
 what was reduced and why. GPUs and CPUs with native bf16 run the recipe as written.
 """
@@ -25,6 +26,11 @@ class CpuBudgetConfig:
     teacher_correction_steps: Optional[int] = doc(None, "teacher correction steps instead of its `steps`")
     distill_steps: Optional[int] = doc(None, "distillation steps instead of its `steps`")
     lm_eval_limit: Optional[int] = doc(None, "lm-eval items per task instead of eval.lm_eval.limit")
+    lm_eval_models: Optional[list[str]] = doc(None, "eval.lm_eval.models instead of its list (which models "
+                                                    "the lm-eval tasks run on, as name patterns)")
+    from_uncorrected_teacher: Optional[list[str]] = doc(
+        None, "distill.from_uncorrected_teacher instead of its list where distillation computes in fp32 on a "
+              "CPU ([] leaves out the uncorrected-teacher comparison)")
     calibration_samples: Optional[int] = doc(None, "prune.calibration_samples (and at most as many "
                                                    "prune.repair_samples) where the CPU has no native bf16")
 
@@ -58,6 +64,13 @@ def apply(recipe) -> dict[str, list[str]]:
                 f"of {cfg.steps * batch}")
         applied[section_name] = [note + (f", warmup_steps {warmup} instead of {cfg.warmup_steps}"
                                          if warmup != cfg.warmup_steps else "")]
+    distill, uncorrected = recipe.distill, budget.from_uncorrected_teacher
+    if distill is not None and uncorrected is not None and set(uncorrected) < set(distill.from_uncorrected_teacher) \
+            and fp32_on_cpu(distill.train_config().precision):
+        applied.setdefault("distill", []).append(
+            f"distilled from the uncorrected teacher: {uncorrected or 'none'} (cpu_budget.from_uncorrected_teacher) "
+            f"instead of {distill.from_uncorrected_teacher}")
+        distill.from_uncorrected_teacher = list(uncorrected)
     # Pruning computes in prune.dtype (fp32) on every CPU; its calibration costs what fp32 costs where bf16 training
     # does, so it shrinks where training does: on CPUs without native bf16.
     prune, n = recipe.prune, budget.calibration_samples
@@ -73,6 +86,11 @@ def apply(recipe) -> dict[str, list[str]]:
         notes.append(f"lm-eval on {budget.lm_eval_limit} items per task (cpu_budget.lm_eval_limit) instead of "
                      f"{lm.limit if lm.limit is not None else 'all'}")
         lm.limit = budget.lm_eval_limit
+    if budget.lm_eval_models is not None and budget.lm_eval_models != lm.models and "lm_eval" not in skip \
+            and fp32_on_cpu(lm.dtype):
+        notes.append(f"lm-eval on the models {budget.lm_eval_models} (cpu_budget.lm_eval_models) instead of "
+                     f"{lm.models or 'all'}")
+        lm.models = list(budget.lm_eval_models)
     if notes:
         applied["eval"] = notes
     return applied

@@ -119,6 +119,11 @@ class Recipe:
                     and "teacher_correction" not in self.stages:
                 problems.append("distill.from_uncorrected_teacher needs teacher_correction in stages (without it "
                                 "every student is distilled from the uncorrected teacher already)")
+        if self.cpu_budget and self.cpu_budget.from_uncorrected_teacher is not None:
+            allowed = self.distill.from_uncorrected_teacher if self.distill else []
+            problems += [f"cpu_budget.from_uncorrected_teacher: {n!r} is not in distill.from_uncorrected_teacher "
+                         f"({allowed}); the budget can only leave comparisons out"
+                         for n in self.cpu_budget.from_uncorrected_teacher if n not in allowed]
         if self.distill and self.distill.share_teacher and self.layout("distill").pipeline_parallel > 1:
             problems.append("distill.share_teacher needs pipeline_parallel 1 for distillation (the students replay "
                             "the teacher's last-stage logits); set distill.share_teacher=false")

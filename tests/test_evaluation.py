@@ -139,6 +139,22 @@ def test_flops_per_token_counts_llama_matmuls(tiny_hf):
         * c.head_dim * 10
 
 
+def test_lm_eval_models_are_name_patterns_of_the_run(tiny_hf, tmp_path):
+    """eval.lm_eval.models picks the models the tasks run on by fnmatch pattern; a pattern that matches none of
+    the recipe's models is a one-line error naming them."""
+    from minitron.recipe import load_recipe
+    from minitron.stages.eval import _runs_lm_eval, run_models
+
+    assert _runs_lm_eval([], "depth-pruned") and _runs_lm_eval(["teacher*", "*-distilled*"], "teacher-corrected")
+    assert _runs_lm_eval(["*-distilled*"], "width-distilled@uncorrected")
+    assert not _runs_lm_eval(["teacher*", "*-distilled*"], "width-repaired")
+    path = write_tiny_recipe(tmp_path, tiny_hf, "[import, prune, eval]", "[{name: depth, num_layers: 2}]",
+                             "eval: {lm_eval: {models: [teacher, widht-distilled]}}\n")
+    with pytest.raises(MinitronError, match=r"eval.lm_eval.models: \['widht-distilled'\] match none of this "
+                                            r"recipe's models \['teacher', 'teacher-corrected', 'depth-pruned'"):
+        run_models(RunFolder(load_recipe(path, [f"output_root={tmp_path / 'runs'}"])))
+
+
 def test_eval_and_report_stages_on_tiny_run(tiny_hf, tmp_path):
     """import -> prune -> eval -> report on a tiny model: the table has every model; reruns reuse measurements."""
     from minitron import pipeline

@@ -145,6 +145,7 @@ def test_parameter_budget_search_respects_the_budget(tiny_nemo, token_file, tmp_
     (dict(hidden_size=128), 1, 1, "larger than the teacher"),
     (dict(hidden_size=40), 1, 1, "not on the search grid"),
     (dict(num_attention_heads=6), 1, 1, "not a multiple of the 4 KV groups"),
+    (dict(hidden_size=52), 1, 1, "hidden_size=52 is not a multiple of num_attention_heads=8, which transformers'"),
     (dict(num_layers=2), 2, 1, "tensor_parallel=1"),
     (dict(num_layers=2, depth_method="lm_loss"), 1, 2, "lm_loss needs pipeline_parallel=1"),
     (dict(drop_layers=[3, 5]), 1, 1, "drop_layers [5] out of range: the teacher has layers 1..4"),

@@ -17,6 +17,7 @@ from minitron.conversion.convert import hf_to_nemo
 from minitron import config
 from minitron.data import DataConfig
 from minitron.errors import MinitronError
+from minitron.run_folder import RunFolder
 from minitron.runtime.precision import fp32_on_cpu
 from minitron.training.config import KDConfig, TrainConfig
 from minitron.training.loop import TrainJob, train
@@ -282,6 +283,35 @@ def test_cpu_budget_shrinks_what_runs_in_fp32_on_a_cpu(tiny_hf, tmp_path):
     assert loaded("fp32", 10, budget=None).distill.train_config().steps == 10
     with pytest.raises(MinitronError, match=r"cpu_budget.distill_steps=0 must be >= 1 or null"):
         loaded("fp32", 10, budget="{distill_steps: 0}")
+
+
+def test_cpu_budget_leaves_out_the_uncorrected_comparison_and_lm_eval_models_in_fp32(tiny_hf, tmp_path):
+    """cpu_budget.from_uncorrected_teacher / lm_eval_models: where distillation (lm-eval) computes in fp32 on a
+    CPU the run plans no distill-<student>@uncorrected stage and runs lm-eval on the named models only; in bf16
+    the recipe's lists stay. The budget can only leave comparisons out, not add students."""
+    from minitron.recipe import load_recipe
+
+    def loaded(precision, budget="{from_uncorrected_teacher: [], lm_eval_models: [teacher*]}"):
+        yaml = tmp_path / f"train-{precision}.yaml"
+        yaml.write_text(f"steps: 4\nwarmup_steps: 1\nglobal_batch_size: 8\nprecision: {precision}\n")
+        path = write_tiny_recipe(tmp_path, tiny_hf, "[import, teacher_correction, prune, distill, eval]",
+                                 "[{name: depth, num_layers: 2}]",
+                                 f"teacher_correction: {{config: {yaml}}}\n"
+                                 f"distill: {{config: {yaml}, from_uncorrected_teacher: [depth]}}\n"
+                                 f"eval: {{lm_eval: {{dtype: {precision}}}}}\ncpu_budget: {budget}\n")
+        return load_recipe(path)
+
+    fp32, bf16 = loaded("fp32"), loaded("bf16")
+    assert fp32.distill.from_uncorrected_teacher == [] and bf16.distill.from_uncorrected_teacher == ["depth"]
+    assert [name for _, name in RunFolder(fp32).planned()][-2:] == ["distill-depth", "eval"]
+    assert "distill-depth@uncorrected" in [name for _, name in RunFolder(bf16).planned()]
+    assert fp32.eval.lm_eval.models == ["teacher*"] and bf16.eval.lm_eval.models == []
+    assert fp32.applied_budget["distill"][-1] == ("distilled from the uncorrected teacher: none "
+                                                  "(cpu_budget.from_uncorrected_teacher) instead of ['depth']")
+    assert bf16.applied_budget == {}
+    with pytest.raises(MinitronError, match=r"cpu_budget.from_uncorrected_teacher: 'width' is not in "
+                                            r"distill.from_uncorrected_teacher \(\['depth'\]\)"):
+        loaded("fp32", budget="{from_uncorrected_teacher: [width]}")
 
 
 @pytest.mark.parametrize("bf16_native", [True, False])

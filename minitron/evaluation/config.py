@@ -34,6 +34,8 @@ class LmEvalSection:
                            "lm-evaluation-harness tasks: pydocs_* (built from the held-out split) and standard "
                            "ones such as hellaswag or mmlu (skipped where their data cannot be reached)")
     limit: Optional[int] = doc(200, "items per task (null = all)")
+    models: list[str] = doc([], "the models to run the tasks on, as name patterns (fnmatch: teacher*, "
+                                "*-distilled*); empty = every evaluated model")
     num_fewshot: int = doc(0, "few-shot examples per item")
     batch_size: int = doc(8, "lm-eval batch size")
     dtype: str = doc("auto", "model dtype inside lm-eval: auto|bf16|fp32 (auto: bf16 where the hardware "

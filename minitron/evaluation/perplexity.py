@@ -18,6 +18,7 @@ run is scored on the same token stream, so their perplexities compare directly.
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -77,11 +78,15 @@ def perplexity(model, tokens: torch.Tensor, window: int, stride: int | None = No
     tokens = torch.as_tensor(tokens, dtype=torch.long).flatten()
     windows = sliding_windows(len(tokens), window, stride)
     device = next(model.parameters()).device
+    # Only the scored positions need the vocabulary projection (a fifth of SmolLM2's forward); transformers'
+    # causal LMs take `logits_to_keep`, other models get every position.
+    keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
     nll_sum, scored, start = 0.0, 0, time.perf_counter()
     bar = tqdm(total=sum(w.scored for w in windows), desc="perplexity", unit="tok", disable=not progress)
     for group in _batches_of_equal_length(windows, batch_size):
         chunk = torch.stack([tokens[w.begin:w.end] for w in group]).to(device)
-        logits = model(input_ids=chunk[:, :-1]).logits.float()  # position i predicts chunk[i + 1]
+        keep = {"logits_to_keep": max(w.scored for w in group)} if keeps_logits else {}
+        logits = model(input_ids=chunk[:, :-1], **keep).logits.float()  # position i predicts chunk[i + 1]
         for row, w in enumerate(group):
             nll_sum += torch.nn.functional.cross_entropy(logits[row, -w.scored:], chunk[row, -w.scored:],
                                                          reduction="sum").item()

@@ -72,6 +72,12 @@ def check_target(student: StudentConfig, arch: LlamaArch, cfg: PruneConfig, tens
     if heads is not None and heads % arch.num_query_groups:
         problems.append(f"student {student.name}: num_attention_heads={heads} is not a multiple of the "
                         f"{arch.num_query_groups} KV groups (groups are kept)")
+    hidden, query_heads = student.hidden_size or arch.hidden_size, heads or arch.num_attention_heads
+    if (student.hidden_size or heads) and hidden % query_heads:
+        # transformers' LlamaConfig refuses it (even with head_dim given), so the student could not be exported.
+        problems.append(f"student {student.name}: hidden_size={hidden} is not a multiple of num_attention_heads="
+                        f"{query_heads}, which transformers' Llama needs; give a hidden size that is (e.g. "
+                        f"{hidden - hidden % query_heads + query_heads}, with prune.hidden_size_divisor dividing it)")
     out_of_range = [n for n in student.drop_layers if n > arch.num_layers]
     if out_of_range:
         problems.append(f"student {student.name}: drop_layers {out_of_range} out of range: the teacher has layers "

@@ -14,6 +14,7 @@ times) and the settings, so a rerun re-measures only what changed, also after th
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import hashlib
 import json
 from pathlib import Path
@@ -45,10 +46,18 @@ def run_models(folder: RunFolder) -> dict[str, Path]:
             raise MinitronError(f"eval.models: {missing} not produced yet; run their stages first")
         models = {m: models[m] for m in wanted}
     models.update(named_model(spec, "eval.extra_models") for spec in recipe.eval.extra_models)
+    names = list(dict.fromkeys([*stages, *models]))
+    unmatched = [p for p in recipe.eval.lm_eval.models if not any(fnmatch.fnmatchcase(n, p) for n in names)]
+    if unmatched:
+        raise MinitronError(f"eval.lm_eval.models: {unmatched} match none of this recipe's models {names}")
     if not models:
         raise MinitronError(f"run {recipe.name!r} has no model yet under {folder.root}; "
                             "run the import stage first (minitron run --config ...)")
     return models
+
+
+def _runs_lm_eval(patterns: list[str], name: str) -> bool:
+    return not patterns or any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
 def named_model(spec: str, source: str) -> tuple[str, Path]:
@@ -74,7 +83,7 @@ def run(folder: RunFolder, stage: str, out: Path) -> dict:
             results[name]["perplexity"] = _cached(work, "perplexity", folder.portable(str(hf_dir)), hf_dir,
                                                   _settings(recipe, "perplexity"),
                                                   lambda h=hf_dir: _perplexity(recipe, h, tokens))
-        if "lm_eval" not in cfg.skip:
+        if "lm_eval" not in cfg.skip and _runs_lm_eval(cfg.lm_eval.models, name):
             results[name]["lm_eval"] = _cached(work, "lm_eval", folder.portable(str(hf_dir)), hf_dir,
                                                _settings(recipe, "lm_eval"), lambda h=hf_dir: _lm_eval(recipe, h))
     if "throughput" not in cfg.skip:
@@ -152,6 +161,7 @@ def _throughput(recipe: Recipe, models: dict[str, Path], facts: dict[str, dict],
 
 def _settings(recipe: Recipe, what: str) -> dict:
     section = dataclasses.asdict(getattr(recipe.eval, what))
+    section.pop("models", None)  # which models are measured, not how: not part of a measurement's key
     dtype = recipe.eval.dtype if what == "perplexity" else section["dtype"]
     # `auto` differs between machines: the key holds what it resolved to here.
     return {**section, "dtype_eval": recipe.eval.dtype, "precision": resolve_precision(dtype).name,
