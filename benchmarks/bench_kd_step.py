@@ -4,8 +4,8 @@ Run: make bench-kd-step   (or: .venv/bin/python benchmarks/bench_kd_step.py [--s
      [--layers N] [--seq-length N] [--global-batch-size N] [--steps N] [--precision auto|bf16|fp32] [--chunks auto,none])
 On a GPU (the GPU check): python3 benchmarks/bench_kd_step.py --shape llama3.1-8b --layers 4 --seq-length 4096
 
-Teacher and student are random-weight Llama models of a real shape: the student is the recipe's width
-student of that teacher (SmolLM2-135M: hidden 576 -> 384, FFN 1536 -> 1024, heads 9 -> 6; Llama 3.1 8B ->
+Teacher and student are random-weight Llama models of a real shape: the student is a width student of
+that teacher (SmolLM2-135M: hidden 576 -> 384, FFN 1536 -> 1024, heads 9 -> 6; Llama 3.1 8B ->
 Llama-3.1-Minitron-4B-Width: hidden 4096 -> 3072, FFN 14336 -> 9216), `--layers` keeps the first N layers of
 both. They are written as HF folders and imported with minitron's converter, so the bench needs no model
 hub, no embedded model and no dataset: the text is this Python's own standard library source, read with a

@@ -9,7 +9,7 @@ On a GPU (the GPU check):
 The teacher is a random-weight Llama of a real shape (`--layers` keeps its first N layers: per-layer sizes, and
 so the Gram matrices and the per-token activations, are the full model's), written as an HF folder and imported
 with minitron's converter; the student is the recipe's width student (Llama 3.1 8B -> Llama-3.1-Minitron-4B-Width:
-hidden 4096 -> 3072, FFN 14336 -> 9216, heads kept; SmolLM2-135M -> hidden 384, FFN 1024, heads 6), cut by the
+hidden 4096 -> 3072, FFN 14336 -> 9216, heads kept; SmolLM2-135M -> hidden 396, FFN 832, heads kept), cut by the
 project's own prune job (`minitron.pruning.prune.run_job`: Model Optimizer's mcore_minitron on activation scores,
 then `minitron/pruning/repair.py`) with the prune settings of that shape's recipe at pipeline_parallel 1. The
 text is this Python's standard library source read byte by byte. Random weights say nothing about quality; what

@@ -129,7 +129,7 @@ def test_a_failed_write_leaves_no_file(tiny_hf, tmp_path, monkeypatch):
 
 
 def width_sliced_smollm2(smollm2_hf, out):
-    """The demo's width-student shape (hidden 384, 6 query heads x 64 in 3 KV groups, FFN 1024) cut by index
+    """A width-student shape with query heads cut (hidden 384, 6 query heads x 64 in 3 KV groups, FFN 1024) by index
     from the real SmolLM2 weights: tied embeddings and the real BPE tokenizer with its merges and chat
     template (the tiny models above cover head_dim != hidden/heads and llama3 RoPE)."""
     import shutil
