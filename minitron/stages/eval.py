@@ -47,7 +47,7 @@ def run_models(folder: RunFolder) -> dict[str, Path]:
         models = {m: models[m] for m in wanted}
     models.update(named_model(spec, "eval.extra_models") for spec in recipe.eval.extra_models)
     names = list(dict.fromkeys([*stages, *models]))
-    unmatched = [p for p in recipe.eval.lm_eval.models if not any(fnmatch.fnmatchcase(n, p) for n in names)]
+    unmatched = [p for p in recipe.eval.lm_eval.models if not any(_matches(n, [p]) for n in names)]
     if unmatched:
         raise MinitronError(f"eval.lm_eval.models: {unmatched} match none of this recipe's models {names}")
     if not models:
@@ -56,8 +56,13 @@ def run_models(folder: RunFolder) -> dict[str, Path]:
     return models
 
 
+def _matches(name: str, patterns: list[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
 def _runs_lm_eval(patterns: list[str], name: str) -> bool:
-    return not patterns or any(fnmatch.fnmatchcase(name, p) for p in patterns)
+    """eval.lm_eval.models: empty = every model."""
+    return not patterns or _matches(name, patterns)
 
 
 def named_model(spec: str, source: str) -> tuple[str, Path]:
