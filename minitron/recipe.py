@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 from minitron import config, cpu_budget
 from minitron.cluster.config import LaunchConfig
@@ -58,6 +58,13 @@ class TrainingStageConfig:
     from_uncorrected_teacher: list[str] = doc(
         [], "distill only: students also distilled from the uncorrected teacher (stage "
             "distill-<student>@uncorrected), to compare as the Minitron paper does")
+    intermediate_students: list[str] = doc(
+        [], "distill only: students that also match the teacher's residual stream where they dropped layers: "
+            "after each block of dropped layers, the output of the kept layer that follows it vs the teacher "
+            "layer it was copied from (Model Optimizer's hidden-state loss beside the logit KL; Minitron: helps "
+            "students that lost many layers)")
+    intermediate_loss: Literal["cosine", "mse"] = doc("cosine", "distill only: the hidden-state loss of "
+                                                                "intermediate_students")
     share_teacher: bool = doc(
         False, "distill only: train the students of one teacher side by side, one teacher forward per micro-batch "
                "serving them all (pipeline_parallel 1; keeps one step's teacher logits in memory)")
@@ -115,6 +122,12 @@ class Recipe:
             distilled = self.distill.students or [s.name for s in self.prune.selected()]
             problems += [f"distill.from_uncorrected_teacher: {n!r} is not a distilled student ({distilled})"
                          for n in self.distill.from_uncorrected_teacher if n not in distilled]
+            problems += [f"distill.intermediate_students: {n!r} is not a distilled student ({distilled})"
+                         for n in self.distill.intermediate_students if n not in distilled]
+            if self.distill.intermediate_students and self.layout("distill").pipeline_parallel > 1:
+                problems.append("distill.intermediate_students needs pipeline_parallel 1 for distillation (Model "
+                                "Optimizer reads hidden states on the last pipeline stage only); set "
+                                "distill.intermediate_students=[]")
             if self.distill.from_uncorrected_teacher and "distill" in self.stages \
                     and "teacher_correction" not in self.stages:
                 problems.append("distill.from_uncorrected_teacher needs teacher_correction in stages (without it "

@@ -15,7 +15,8 @@ from conftest import REPO, stage_summary, write_tiny_recipe, write_train_yaml
 def test_distill_under_external_torchrun_equals_nproc_launch(tiny_hf, tmp_path):
     """`torchrun -m minitron.cli distill` (how multi-node runs) trains exactly like `minitron distill nproc=2`;
     with distill.share_teacher the two students train side by side on one teacher forward, and exactly as
-    without it, student after student in one torchrun job (the process group made again for each)."""
+    without it, student after student in one torchrun job (the process group made again for each); the depth
+    student's hidden-state loss (distill.intermediate_students) reads replayed teacher hidden states."""
     import shutil
     import subprocess
     import sys
@@ -25,7 +26,8 @@ def test_distill_under_external_torchrun_equals_nproc_launch(tiny_hf, tmp_path):
     train_yaml = write_train_yaml(tmp_path / "train.yaml", steps=3, interval=3)
     recipe = write_tiny_recipe(tmp_path, tiny_hf, "[import, prune, distill]",
                                "[{name: width, hidden_size: 48, ffn_hidden_size: 64}, {name: depth, num_layers: 2}]",
-                               f"distill: {{config: {train_yaml}, share_teacher: true}}\n")
+                               f"distill: {{config: {train_yaml}, share_teacher: true,\n"
+                               f"          intermediate_students: [depth]}}\n")
     first = run_minitron("run", "--config", str(recipe), "--output", str(tmp_path / "a"), "stages=[import, prune]")
     assert first.returncode == 0, first.stderr[-2000:]
     shutil.copytree(tmp_path / "a", tmp_path / "b")
@@ -56,3 +58,21 @@ def test_distill_under_external_torchrun_equals_nproc_launch(tiny_hf, tmp_path):
         assert (tmp_path / root / "tiny/distill-depth/hf/config.json").is_file()
         assert not (tmp_path / root / "tiny/distill-depth.work/trained.json").exists()
     assert "trained_with" not in stage_summary(tmp_path / "c/tiny/distill-depth")
+    # distill.intermediate_students: the depth student's hidden-state pairs follow its cuts, replayed when shared
+    from minitron.stages.training import intermediate_pairs
+
+    pruned = stage_summary(tmp_path / "a/tiny/prune-depth")
+    pairs = intermediate_pairs(pruned["layers_dropped"], 2, "cosine")
+    assert pairs and all(stage_summary(tmp_path / root / "tiny/distill-depth")["intermediate_pairs"] == pairs
+                         for root in "abc")
+    assert "intermediate_pairs" not in stage_summary(tmp_path / "a/tiny/distill-width")
+    report = run_minitron("report", "--config", str(recipe), "--output", str(tmp_path / "a"))
+    assert report.returncode == 0, report.stderr[-2000:]
+    listed = ", ".join(f"{s.split('.')[-1]} -> {t.split('.')[-1]} (cosine)" for s, t, _ in pairs)
+    assert f"* distill-depth: {listed}" in (tmp_path / "a/tiny/report/report.md").read_text()
+    # Model Optimizer scales the hidden-state loss to the logit KL's size: the depth student's loss is twice its KL
+    for root in "abc":
+        for student, factor in (("width", 1), ("depth", 2)):
+            for line in (tmp_path / root / f"tiny/distill-{student}/metrics.jsonl").read_text().splitlines():
+                step = json.loads(line)
+                assert step["loss"] == pytest.approx(factor * step["kd_loss"], rel=1e-5)

@@ -190,7 +190,8 @@ def test_nan_loss_stops_with_a_clear_error(models, tmp_path):
 
 def test_students_sharing_a_teacher_forward_train_as_if_alone(models, tmp_path, monkeypatch):
     """train_together: one teacher forward per micro-batch for two students; each student's losses,
-    validation and exported weights equal those of training it alone."""
+    validation and exported weights equal those of training it alone, also where they have hidden-state
+    losses of their own (the first on the real teacher, the second on replayed teacher hidden states)."""
     from safetensors.torch import load_file
 
     from minitron.conversion.convert import nemo_to_hf
@@ -204,13 +205,19 @@ def test_students_sharing_a_teacher_forward_train_as_if_alone(models, tmp_path, 
     jobs[1].student = str(tmp_path / "second")
     alone = [make_job(models, tmp_path / "alone_a", **kw), make_job(models, tmp_path / "alone_b", **kw)]
     alone[1].student = str(tmp_path / "second")
+    for i, pairs in enumerate([[["decoder.layers.0", "decoder.layers.1", "cosine"]],
+                               [["decoder.layers.2", "decoder.layers.3", "mse"]]]):
+        for job in (jobs[i], alone[i]):
+            job.train = dataclasses.replace(job.train, kd=KDConfig(intermediate_pairs=pairs))
     replays = []
     original = TeacherLogits.next_output
-    monkeypatch.setattr(TeacherLogits, "next_output", lambda self: replays.append(1) or original(self))
+    monkeypatch.setattr(TeacherLogits, "next_output",
+                        lambda self, name="output_layer": replays.append(name) or original(self, name))
     together = train_together(jobs)
-    # the second student's teacher logits were all replayed: 4 steps x 4 micro-batches + 3 validations x 2
-    # (before step 1, the recovery curve's start, then at steps 2 and 4)
-    assert len(replays) == 4 * 4 + 3 * 2
+    # the second student's teacher logits and layer-3 hidden states were all replayed: 4 steps x 4
+    # micro-batches + 3 validations x 2 (before step 1, the recovery curve's start, then at steps 2 and 4)
+    assert replays.count("output_layer") == replays.count("decoder.layers.3") == 4 * 4 + 3 * 2
+    assert len(replays) == 2 * (4 * 4 + 3 * 2)
     separate = [train(job) for job in alone]
     for pair, single, job, solo in zip(together, separate, jobs, alone):
         assert losses(Path(job.output)) == losses(Path(solo.output))
@@ -340,6 +347,43 @@ def test_cpu_budget_shrinks_calibration_where_bf16_is_not_native(tiny_hf, tmp_pa
 def test_train_config_validation(override, message):
     with pytest.raises(MinitronError, match=message):
         config.build(TrainConfig, override)
+
+
+def test_intermediate_pairs_follow_the_cuts():
+    """distill.intermediate_students: after each block of dropped layers (Megatron numbers from 1), the kept layer
+    that follows it vs the teacher layer it was copied from (module indices from 0); a block at the end pairs
+    the last layers. Refused where it cannot apply."""
+    from minitron.recipe import load_recipe
+    from minitron.stages.training import _with_intermediate_pairs, intermediate_pairs
+
+    # the demo's depth student on the fp32 budget: kept layers 1, 2, 7, 8, 9, 11, 19..25, 28, 29, 30
+    dropped = [3, 4, 5, 6, 10, 12, 13, 14, 15, 16, 17, 18, 26, 27]
+    assert intermediate_pairs(dropped, 16, "cosine") == [
+        ["decoder.layers.2", "decoder.layers.6", "cosine"], ["decoder.layers.5", "decoder.layers.10", "cosine"],
+        ["decoder.layers.6", "decoder.layers.18", "cosine"], ["decoder.layers.13", "decoder.layers.27", "cosine"]]
+    assert intermediate_pairs([1, 2], 2, "mse") == [["decoder.layers.0", "decoder.layers.2", "mse"]]
+    assert intermediate_pairs([3, 4], 2, "mse") == [["decoder.layers.1", "decoder.layers.3", "mse"]]
+    assert intermediate_pairs([2, 5, 6], 3, "cosine") == [["decoder.layers.1", "decoder.layers.2", "cosine"],
+                                                          ["decoder.layers.2", "decoder.layers.5", "cosine"]]
+
+    train = TrainConfig()
+    depth = {"layers_dropped": [2, 3], "arch": {"num_layers": 2}}
+    assert _with_intermediate_pairs(train, "depth", depth, "cosine").kd.intermediate_pairs == \
+        [["decoder.layers.1", "decoder.layers.3", "cosine"]]
+    with pytest.raises(MinitronError, match="student 'width' dropped no layers"):
+        _with_intermediate_pairs(train, "width", {"layers_dropped": [], "arch": {"num_layers": 4}}, "cosine")
+    yaml_pairs = dataclasses.replace(train, kd=KDConfig(intermediate_pairs=[["decoder.layers.0", "decoder.layers.0"]]))
+    with pytest.raises(MinitronError, match="sets kd.intermediate_pairs too; keep one of them"):
+        _with_intermediate_pairs(yaml_pairs, "depth", depth, "cosine")
+
+    cpu = REPO / "recipes" / "smollm2-135m_minitron_cpu.yaml"
+    with pytest.raises(MinitronError, match=r"distill.intermediate_students: 'dept' is not a distilled student"):
+        load_recipe(cpu, ["distill.intermediate_students=[dept]"])
+    with pytest.raises(MinitronError, match="distill.intermediate_loss='l1' must be one of"):
+        load_recipe(cpu, ["distill.intermediate_loss=l1"])
+    with pytest.raises(MinitronError, match="intermediate_students needs pipeline_parallel 1"):
+        load_recipe(cpu, ["distill.intermediate_students=[depth]", "distill.share_teacher=false",
+                          "distill.parallel={tensor_parallel: 1, pipeline_parallel: 2}"])
 
 
 def test_chunk_tokens_takes_a_count_auto_or_null():

@@ -177,14 +177,26 @@ def _training_table(stages: dict) -> list[str]:
               "val LM loss after", "teacher val LM loss", "val KD loss"]
     if not rows:
         return ["(no training stage in this run)"]
+    table = _markdown_table(header, rows)
+    pairs = {name: s["intermediate_pairs"] for name, s in stages.items()
+             if is_training(name) and s.get("intermediate_pairs")}
+    if pairs:  # what the logit KL had beside it (distill.intermediate_students)
+        table += ["", "Hidden-state loss beside the logit KL (student layer -> the teacher layer whose output it "
+                      "matches, from 0):", *[f"* {name}: {_pairs(p)}" for name, p in pairs.items()]]
     # A smaller token budget where bf16 is not native (cpu_budget): results are not comparable to bf16 runs'.
     budgets = {name: s for name, s in stages.items() if is_training(name) and s.get("budget")}
     if not budgets:
-        return _markdown_table(header, rows)
+        return table
     reason = _reason(next(iter(budgets.values())))
-    return _markdown_table(header, rows) + ["", f"Token budget reduced to fit the time on this hardware (fp32 on CPU"
-                                                f"{reason}):",
-                                            *[f"* {name}: {s['budget']}" for name, s in budgets.items()]]
+    return table + ["", f"Token budget reduced to fit the time on this hardware (fp32 on CPU{reason}):",
+                    *[f"* {name}: {s['budget']}" for name, s in budgets.items()]]
+
+
+def _pairs(pairs: list[list[str]]) -> str:
+    """[[decoder.layers.2, decoder.layers.6, cosine], ...] -> "2 -> 6 (cosine), ..." (cosine: Model Optimizer's
+    default where a pair names no loss)."""
+    return ", ".join(f"{p[0].rsplit('.', 1)[-1]} -> {p[1].rsplit('.', 1)[-1]} ({p[2] if len(p) > 2 else 'cosine'})"
+                     for p in pairs)
 
 
 def _teacher_correction_table(folder: RunFolder, stages: dict, results: dict) -> list[str]:

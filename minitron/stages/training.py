@@ -10,6 +10,7 @@ finished, holding the trained model as ``nemo/`` and ``hf/``, ``metrics.jsonl``,
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -36,15 +37,46 @@ def make_job(folder: RunFolder, stage: str) -> TrainJob:
     recipe = folder.recipe
     if stage == "teacher_correction":
         section, student, teacher = recipe.teacher_correction, folder.imported_teacher()["nemo"], None
+        train = section.train_config()
     else:
         section = recipe.distill
         pruned = folder.summary(stage_name("prune", student_of(stage)))
         student, teacher = Path(pruned["nemo"]), folder.teacher_nemo(stage)
         _check_pruned_from(folder, stage, pruned)
+        train = section.train_config()
+        if student_of(stage) in section.intermediate_students:
+            train = _with_intermediate_pairs(train, student_of(stage), pruned, section.intermediate_loss)
     par = recipe.layout(stage_kind(stage))
     return TrainJob(student=str(student), teacher=str(teacher) if teacher else None,
-                    output=str(folder.work_dir(stage)), data=recipe.data, train=section.train_config(),
+                    output=str(folder.work_dir(stage)), data=recipe.data, train=train,
                     tensor_parallel=par.tensor_parallel, pipeline_parallel=par.pipeline_parallel)
+
+
+def intermediate_pairs(dropped: list[int], student_layers: int, loss: str) -> list[list[str]]:
+    """Hidden-state pairs ``[student module, teacher module, loss]`` of a student that kept `student_layers` of
+    its teacher's layers and dropped the layer numbers `dropped` (Megatron's, from 1): after each block of dropped
+    layers, the kept layer that follows it and the teacher layer it was copied from (module indices from 0).
+    There, repair made the student's residual stream stand in for the teacher's after the whole block; the
+    loss keeps it so while the logit KL trains the rest. A block at the very end pairs the two last layers."""
+    gone = set(dropped)
+    kept = [n for n in range(1, student_layers + len(gone) + 1) if n not in gone]
+    assert len(kept) == student_layers, (dropped, student_layers)
+    pairs = [[f"decoder.layers.{i}", f"decoder.layers.{n - 1}", loss] for i, n in enumerate(kept) if n - 1 in gone]
+    if student_layers + len(gone) in gone:
+        pairs.append([f"decoder.layers.{student_layers - 1}", f"decoder.layers.{student_layers + len(gone) - 1}",
+                      loss])
+    return pairs
+
+
+def _with_intermediate_pairs(train, student: str, pruned: dict, loss: str):
+    if train.kd.intermediate_pairs:
+        raise MinitronError(f"distill.intermediate_students names {student!r} and the training YAML sets "
+                            f"kd.intermediate_pairs too; keep one of them")
+    if not pruned.get("layers_dropped"):
+        raise MinitronError(f"distill.intermediate_students: student {student!r} dropped no layers, so it has no "
+                            f"hidden states to match; remove it from distill.intermediate_students")
+    pairs = intermediate_pairs(pruned["layers_dropped"], pruned["arch"]["num_layers"], loss)
+    return dataclasses.replace(train, kd=dataclasses.replace(train.kd, intermediate_pairs=pairs))
 
 
 def _check_pruned_from(folder: RunFolder, stage: str, pruned: dict) -> None:
@@ -134,6 +166,8 @@ def train_stage(folder: RunFolder, stage: str, out: Path, trained: tuple[dict, f
                "tokens_per_second": sum(m["tokens_per_second"] for m in last.values()) / len(last),
                "checkpoints": str(work / "checkpoints"), "export_seconds": export["seconds"],
                "precision": result["precision"]}
+    if job.train.kd.intermediate_pairs:
+        summary["intermediate_pairs"] = job.train.kd.intermediate_pairs
     summary |= cpu_budget.summary_fields(folder.recipe, stage_kind(stage))
     if result.get("trained_with"):  # its time is counted in that stage's seconds_this_run
         summary["trained_with"] = result["trained_with"]

@@ -238,7 +238,7 @@ def train_together(jobs: list[TrainJob]) -> list[dict]:
     """Train `jobs` step by step side by side; with a teacher, one teacher forward serves them all.
 
     The jobs share teacher, data, training settings and layout (the recipe's students distilled from
-    one teacher). Each micro-batch's teacher logits are computed once, while the first student trains
+    one teacher); each keeps its own hidden-state pairs (`kd.intermediate_pairs`). Each micro-batch's teacher logits are computed once, while the first student trains
     (`TeacherLogits`), and replayed to the others, so n students cost one teacher pass instead of n.
     Each student keeps its own checkpoints, metrics and export, exactly as when trained alone.
     """
@@ -261,8 +261,11 @@ def train_together(jobs: list[TrainJob]) -> list[dict]:
     if teacher is not None:
         teacher_val = lm_loss(teacher, [val_rows[i:i + cfg.micro_batch_size]
                                         for i in range(0, len(val_rows), cfg.micro_batch_size)])
-    shared = TeacherLogits(teacher) if teacher is not None and len(jobs) > 1 else None
-    students = [_start(job, cfg, teacher if shared is None or i == 0 else shared.stand_in(), precision, i)
+    # The teacher modules the replaying students' hidden-state losses read (each student keeps its own pairs).
+    replayed = [pair[1] for job in jobs[1:] for pair in job.train.kd.intermediate_pairs]
+    shared = TeacherLogits(teacher, replayed) if teacher is not None and len(jobs) > 1 else None
+    students = [_start(job, dataclasses.replace(cfg, kd=job.train.kd),
+                       teacher if shared is None or i == 0 else shared.stand_in(), precision, i)
                 for i, job in enumerate(jobs)]
     start = students[0].start_step
     stop = cfg.steps if first.max_steps_this_run is None else min(cfg.steps, start + first.max_steps_this_run)
@@ -303,10 +306,13 @@ def _in_turn(students: list[_Student], shared: TeacherLogits | None):
 
 def _check_together(jobs: list[TrainJob]) -> None:
     first = jobs[0]
+
+    def shared_settings(job: TrainJob) -> tuple:  # all but each student's own hidden-state pairs
+        train = dataclasses.replace(job.train, kd=dataclasses.replace(job.train.kd, intermediate_pairs=[]))
+        return job.teacher, job.data, train, job.tensor_parallel, job.pipeline_parallel, job.max_steps_this_run
+
     for job in jobs[1:]:
-        same = (job.teacher, job.data, job.train, job.tensor_parallel, job.pipeline_parallel, job.max_steps_this_run) \
-            == (first.teacher, first.data, first.train, first.tensor_parallel, first.pipeline_parallel,
-                first.max_steps_this_run)
+        same = shared_settings(job) == shared_settings(first)
         if not same or not job.teacher:
             raise MinitronError(f"{job.output}: students trained together need one teacher, data, training settings "
                                 f"and layout (distill them separately: distill.share_teacher=false)")
