@@ -78,9 +78,12 @@ def unrepaired_nemo(folder, student: str, out: Path) -> Path:
 def train_arms(recipe, folder, cfg, out: Path, arms: tuple[str, ...] = ARMS) -> dict[tuple[str, str], Path]:
     """All KD arms in one group (one teacher forward serves them), then the LM arms; (student, arm) -> folder."""
     from minitron.run_folder import stage_name
+    from minitron.stages.training import distill_config
     from minitron.training.loop import TrainJob, train_together
 
     students = list(recipe.distill.students)
+    # KD arms train as the recipe distils (with its hidden-state pairs where distill.intermediate_students says so)
+    kd_cfg = {s: distill_config(recipe.distill, s, folder.summary(stage_name("prune", s)), cfg) for s in students}
     repaired = {s: Path(folder.summary(stage_name("prune", s))["nemo"]) for s in students}
     starts = {(s, "kd"): repaired[s] for s in students if "kd" in arms}
     starts |= {(s, "lm"): repaired[s] for s in students if "lm" in arms}
@@ -97,7 +100,8 @@ def train_arms(recipe, folder, cfg, out: Path, arms: tuple[str, ...] = ARMS) -> 
             continue
         print(f"training {', '.join('-'.join(k) for k in keys)} ({cfg.steps} steps)", flush=True)
         results = train_together([TrainJob(student=str(starts[k]), output=str(outputs[k]), data=recipe.data,
-                                           train=cfg, teacher=str(teacher) if teacher else None) for k in keys])
+                                           train=kd_cfg[k[0]] if teacher else cfg,
+                                           teacher=str(teacher) if teacher else None) for k in keys])
         for key, result in zip(keys, results):
             (outputs[key] / "result.json").write_text(json.dumps(result, default=str) + "\n")
     return outputs

@@ -43,9 +43,7 @@ def make_job(folder: RunFolder, stage: str) -> TrainJob:
         pruned = folder.summary(stage_name("prune", student_of(stage)))
         student, teacher = Path(pruned["nemo"]), folder.teacher_nemo(stage)
         _check_pruned_from(folder, stage, pruned)
-        train = section.train_config()
-        if student_of(stage) in section.intermediate_students:
-            train = _with_intermediate_pairs(train, student_of(stage), pruned, section.intermediate_loss)
+        train = distill_config(section, student_of(stage), pruned, section.train_config())
     par = recipe.layout(stage_kind(stage))
     return TrainJob(student=str(student), teacher=str(teacher) if teacher else None,
                     output=str(folder.work_dir(stage)), data=recipe.data, train=train,
@@ -66,6 +64,14 @@ def intermediate_pairs(dropped: list[int], student_layers: int, loss: str) -> li
         pairs.append([f"decoder.layers.{student_layers - 1}", f"decoder.layers.{student_layers + len(gone) - 1}",
                       loss])
     return pairs
+
+
+def distill_config(section, student: str, pruned: dict, train):
+    """`student`'s distillation config: `train` (the distill section's training config), with its hidden-state
+    pairs where distill.intermediate_students names it (`pruned`: its prune stage's summary)."""
+    if student not in section.intermediate_students:
+        return train
+    return _with_intermediate_pairs(train, student, pruned, section.intermediate_loss)
 
 
 def _with_intermediate_pairs(train, student: str, pruned: dict, loss: str):
