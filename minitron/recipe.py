@@ -59,10 +59,8 @@ class TrainingStageConfig:
         [], "distill only: students also distilled from the uncorrected teacher (stage "
             "distill-<student>@uncorrected), to compare as the Minitron paper does")
     intermediate_students: list[str] = doc(
-        [], "distill only: students that also match the teacher's residual stream where they dropped layers: "
-            "after each block of dropped layers, the output of the kept layer that follows it vs the teacher "
-            "layer it was copied from (Model Optimizer's hidden-state loss beside the logit KL; Minitron: helps "
-            "students that lost many layers)")
+        [], "distill only: students that also match the teacher's hidden state after each block of layers they "
+            "dropped (Model Optimizer's hidden-state loss beside the logit KL; docs/training.md)")
     intermediate_loss: Literal["cosine", "mse"] = doc("cosine", "distill only: the hidden-state loss of "
                                                                 "intermediate_students")
     share_teacher: bool = doc(
