@@ -10,6 +10,9 @@ run) and trains, for each distilled student of the recipe, on the same tokens in
   kd-unrepaired   Model Optimizer's plain slice, same KD
   lm              the repaired student trained on the tokens alone (LM loss, no teacher): the baseline KD
                   must beat at equal tokens
+  kd-general      (only when asked for: --arms kd kd-general) the kd arm on the recipe's text blended with general
+                  English, Debian's fortunes (embedded:fortunes, --general-share of the training samples); its
+                  validation curve is on the blend's validation split, its scores on the same tokens as every arm
 
 Prints, per student and arm, validation perplexity at each evaluation step (the curve), then the end of
 each arm scored like the report does: held-out test perplexity (the data's test split, the recipe's
@@ -31,7 +34,9 @@ import warnings
 from pathlib import Path
 
 OOD_TEXTS = [Path("/usr/share/common-licenses/GPL-3"), Path("/usr/share/common-licenses/Apache-2.0")]
-ARMS = ("kd", "kd-unrepaired", "lm")
+ARMS = ("kd", "kd-unrepaired", "lm", "kd-general")
+DEFAULT_ARMS = ARMS[:3]
+GENERAL_TEXT = "embedded:fortunes"
 
 
 def prepared_run(steps: int | None, lr: float | None = None, batch: int | None = None, overrides=()):
@@ -75,8 +80,17 @@ def unrepaired_nemo(folder, student: str, out: Path) -> Path:
     return target
 
 
-def train_arms(recipe, folder, cfg, out: Path, arms: tuple[str, ...] = ARMS) -> dict[tuple[str, str], Path]:
-    """All KD arms in one group (one teacher forward serves them), then the LM arms; (student, arm) -> folder."""
+def general_data(data, share: float):
+    """The recipe's data with general English blended into training: held-out splits are both corpora's."""
+    if not data.source.startswith("embedded:") or data.blend:
+        raise SystemExit(f"kd-general blends embedded corpora; the recipe's data is {data.blend or data.source}")
+    return dataclasses.replace(data, blend=[1 - share, data.source, share, GENERAL_TEXT])
+
+
+def train_arms(recipe, folder, cfg, out: Path, arms: tuple[str, ...] = DEFAULT_ARMS,
+               general_share: float = 0.25) -> dict[tuple[str, str], Path]:
+    """The KD arms on the recipe's data in one group (one teacher forward serves them), then the KD arms on the
+    blend with general English, then the LM arms; (student, arm) -> folder."""
     from minitron.run_folder import stage_name
     from minitron.stages.training import distill_config
     from minitron.training.loop import TrainJob, train_together
@@ -85,7 +99,7 @@ def train_arms(recipe, folder, cfg, out: Path, arms: tuple[str, ...] = ARMS) -> 
     # KD arms train as the recipe distils (with its hidden-state pairs where distill.intermediate_students says so)
     kd_cfg = {s: distill_config(recipe.distill, s, folder.summary(stage_name("prune", s)), cfg) for s in students}
     repaired = {s: Path(folder.summary(stage_name("prune", s))["nemo"]) for s in students}
-    starts = {(s, "kd"): repaired[s] for s in students if "kd" in arms}
+    starts = {(s, arm): repaired[s] for s in students for arm in ("kd", "kd-general") if arm in arms}
     starts |= {(s, "lm"): repaired[s] for s in students if "lm" in arms}
     starts |= {(s, "kd-unrepaired"): unrepaired_nemo(folder, s, out) for s in students if "kd-unrepaired" in arms}
     outputs = {key: out / f"{key[0]}-{key[1]}" for key in starts}
@@ -93,13 +107,17 @@ def train_arms(recipe, folder, cfg, out: Path, arms: tuple[str, ...] = ARMS) -> 
         stage = stage_name("distill", s)
         if "kd" in arms and folder.done(stage) and cfg == recipe.distill.train_config():
             outputs[(s, "kd")] = folder.stage_dir(stage)
-    for teacher, arms in ((folder.teacher_nemo(), ("kd", "kd-unrepaired")), (None, ("lm",))):
+    teacher = folder.teacher_nemo()
+    groups = ((teacher, ("kd", "kd-unrepaired"), recipe.data), (None, ("lm",), recipe.data))
+    if "kd-general" in arms:  # other data: the shared teacher forward serves one batch stream only
+        groups = (groups[0], (teacher, ("kd-general",), general_data(recipe.data, general_share)), groups[1])
+    for teacher, arms, data in groups:
         keys = [k for k in starts if k[1] in arms and not (outputs[k] / "hf").is_dir()
                 and not (outputs[k] / "nemo").is_dir()]
         if not keys:
             continue
         print(f"training {', '.join('-'.join(k) for k in keys)} ({cfg.steps} steps)", flush=True)
-        results = train_together([TrainJob(student=str(starts[k]), output=str(outputs[k]), data=recipe.data,
+        results = train_together([TrainJob(student=str(starts[k]), output=str(outputs[k]), data=data,
                                            train=kd_cfg[k[0]] if teacher else cfg,
                                            teacher=str(teacher) if teacher else None) for k in keys])
         for key, result in zip(keys, results):
@@ -170,7 +188,9 @@ def main() -> None:
                         "distill steps; e.g. 500 for 1M tokens)")
     parser.add_argument("--output", type=Path, default=None, help="folder for the arms and the results")
     parser.add_argument("--students", nargs="+", default=None, help="only these of the recipe's distilled students")
-    parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS), help="which arms to train")
+    parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(DEFAULT_ARMS), help="which arms to train")
+    parser.add_argument("--general-share", type=float, default=0.25, help="kd-general: share of training samples "
+                        f"from {GENERAL_TEXT}")
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate of every arm (default: the "
                         "recipe's; min_lr scales with it)")
     parser.add_argument("--global-batch-size", type=int, default=None, help="sequences per step (default: the "
@@ -188,7 +208,9 @@ def main() -> None:
         if unknown:
             raise SystemExit(f"--students {unknown}: the recipe distils {recipe.distill.students}")
         recipe.distill.students = list(args.students)
-    outputs = train_arms(recipe, folder, cfg, out, tuple(args.arms))
+    if not 0 < args.general_share < 1:
+        raise SystemExit(f"--general-share {args.general_share}: must be between 0 and 1")
+    outputs = train_arms(recipe, folder, cfg, out, tuple(args.arms), args.general_share)
     tokens_per_step = cfg.global_batch_size * recipe.data.seq_length
     curves = {key: curve(path, tokens_per_step) for key, path in outputs.items()}
     from minitron.conversion.convert import nemo_to_hf
@@ -229,6 +251,7 @@ def main() -> None:
     plot(curves, math.exp(teacher_loss) if teacher_loss else None, out / "bench_quality.png")
     (out / "bench_quality.json").write_text(json.dumps(
         {"steps": cfg.steps, "lr": cfg.lr, "tokens_per_step": tokens_per_step, "ood_texts": [str(p) for p in OOD_TEXTS],
+         "general_text": GENERAL_TEXT if "kd-general" in args.arms else None, "general_share": args.general_share,
          "scores": rows, "curves": {f"{s}-{a}": c for (s, a), c in curves.items()},
          "seconds": round(time.perf_counter() - start, 1)}, indent=2) + "\n")
     print(f"\nresults: {out / 'bench_quality.json'}, {out / 'bench_quality.png'} "

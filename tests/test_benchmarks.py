@@ -99,6 +99,17 @@ def test_quality_arm_config_keeps_tokens_and_schedule_shape(steps, lr, batch):
     assert cfg.eval_interval == cfg.steps // 4
 
 
+
+def test_quality_general_arm_blends_general_english_into_training_only():
+    """kd-general trains on the recipe's corpus blended with embedded:fortunes; its refusal names the data."""
+    from minitron.data import DataConfig
+
+    bench = _load("bench_quality")
+    data = bench.general_data(DataConfig(seq_length=256), 0.25)
+    assert data.blend == [0.75, "embedded:python-docs", 0.25, "embedded:fortunes"] and data.seq_length == 256
+    with pytest.raises(SystemExit, match="the recipe's data is /data/web"):
+        bench.general_data(DataConfig(source="/data/web"), 0.25)
+
 def test_kd_settings_rows_change_one_setting_each():
     """bench-kd-settings: every row but the last differs from `plain` in exactly the setting it names; random
     windows are windows of the stream at seeded offsets."""

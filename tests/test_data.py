@@ -343,6 +343,36 @@ def test_embedded_corpus_with_smollm2(smollm2_hf):
     assert os.path.isfile(prepared.prefixes["train"][0] + ".bin")
 
 
+@pytest.mark.smollm2
+def test_blend_of_embedded_corpora_with_smollm2(smollm2_hf):
+    """data.blend takes embedded corpora by name (first run: apt-get download fortunes, a few seconds)."""
+    blend = prepare(DataConfig(blend=[0.8, "embedded:python-docs", 0.2, "embedded:fortunes"]), smollm2_hf)
+    docs = prepare(DataConfig(), smollm2_hf)
+    fortunes = prepare(DataConfig(source="embedded:fortunes"), smollm2_hf)
+    assert blend.weights == [0.8, 0.2] and fortunes.info["source"] == "embedded:fortunes"
+    assert fortunes.documents["train"] > 5_000 and fortunes.tokens["test"] > 10_000
+    assert blend.prefixes["test"] == docs.prefixes["test"] + fortunes.prefixes["test"]
+    assert blend.tokens["train"] == docs.tokens["train"] + fortunes.tokens["train"]
+
+
+
+def test_fortune_files_give_one_document_per_entry(tmp_path):
+    """embedded:fortunes reads Debian's fortune files: entries end at a line `%`; indexes, links, skipped files and
+    stubs are not documents."""
+    from minitron.data.corpus import EMBEDDED, _fortune_documents
+
+    root = tmp_path / "fortunes"
+    root.mkdir()
+    (root / "wisdom").write_text("A stitch in time\nsaves nine.\n%\nLook before you leap, twice.\n%\nHm.\n%\n")
+    (root / "people").write_text("  He said: %d percent of it.\n   -- someone quoted at length\n")
+    (root / "wisdom.dat").write_bytes(b"\x00\x02%\n")           # strfile's index
+    (root / "wisdom.u8").symlink_to("wisdom")                       # the same text again
+    (root / "ascii-art").write_text("   /\\_/\\  a picture of a cat, not prose\n%\n")
+    docs = list(_fortune_documents(root, EMBEDDED["fortunes"]))
+    assert [d["id"] for d in docs] == ["people/0", "wisdom/0", "wisdom/1"]
+    assert docs[1]["text"] == "A stitch in time\nsaves nine." and docs[0]["text"].startswith("  He said: %d")
+
+
 # ---- whole documents, sources' own splits ----------------------------------------------------------
 def wikitext_rows(titles: list[str]) -> list[str]:
     """Rows as wikitext-103-raw has them: one line per row, headings ` = T = `, sections ` = = S = = `."""

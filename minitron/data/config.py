@@ -13,8 +13,8 @@ SPLITS = ("train", "validation", "test")
 @dataclass
 class DataConfig:
     source: str = doc("embedded:python-docs",
-                      "text to train, calibrate and evaluate on: embedded:python-docs (docs/data.md), a "
-                      ".txt/.jsonl/.json/.parquet file or folder, or hf:<dataset>[:<config>] (needs the hub)")
+                      "text to train, calibrate and evaluate on: embedded:python-docs or embedded:fortunes "
+                      "(docs/data.md), a .txt/.jsonl/.json/.parquet file or folder, or hf:<dataset>[:<config>]")
     text_key: str = doc("text", "field that holds the text in .jsonl/.json/.parquet rows")
     txt_documents: Literal["paragraphs", "file"] = doc(
         "paragraphs", ".txt files: 'paragraphs' makes every blank-line-separated block a document; "
@@ -31,8 +31,8 @@ class DataConfig:
                             "false rebuilds it")
     cache_dir: Optional[str] = doc(None, "folder for prepared data; null means $MINITRON_CACHE/data "
                                          "(default ~/.cache/minitron/data)")
-    blend: list = doc([], "weighted blend of `minitron data prepare` folders, as Megatron's --data-path: "
-                          "[w1, dir1, w2, dir2, ...]; replaces `source` when set (docs/data.md)")
+    blend: list = doc([], "weighted blend of `minitron data prepare` folders or embedded corpora, as Megatron's "
+                          "--data-path: [w1, dir1, w2, embedded:fortunes, ...]; replaces `source` when set (docs/data.md)")
     workers: int = doc(1, "tokenizer processes when preparing `source` (`minitron data prepare --workers N`); the "
                           "output is the same for any N")
 

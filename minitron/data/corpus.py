@@ -1,9 +1,10 @@
-"""The embedded default corpus: real English prose available offline from Debian packages.
+"""The embedded corpora: real English text available offline from Debian packages.
 
-``embedded:python-docs`` is the Python 3.11 documentation (tutorial, library and language
-reference, HOWTOs, FAQs, "What's New" essays) from Debian's ``python3.11-doc`` package,
-fetched with ``apt-get download`` (no model or dataset hub), unpacked with ``dpkg-deb -x``
-and converted from HTML to plain text. The result is cached as
+``embedded:python-docs`` (the default) is the Python 3.11 documentation (tutorial, library and language
+reference, HOWTOs, FAQs, "What's New" essays) from Debian's ``python3.11-doc`` package, converted from
+HTML to plain text. ``embedded:fortunes`` is general English outside that domain: the quotations, poems,
+jokes and definitions of Debian's ``fortunes`` package, one document per fortune. Each is fetched with
+``apt-get download`` (no model or dataset hub) and unpacked with ``dpkg-deb -x``. The result is cached as
 
     <cache_dir()>/corpora/python-docs/documents.jsonl   {"id": "<html path>", "text": ...} per line
     <cache_dir()>/corpora/python-docs/SOURCE.json       package, version, documents, characters
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -32,9 +34,10 @@ _FALLBACK_HINT = "pass data.source=<path to .txt/.jsonl/.json/.parquet or folder
 @dataclass(frozen=True)
 class DebianCorpus:
     package: str
-    html_root: str               # folder inside the package that holds the HTML pages
+    root: str                    # folder inside the package that holds the text
+    format: str = "html"         # html: one document per page; fortune: one per `%`-separated entry of a file
     skip: tuple[str, ...] = ()   # prefixes of relative paths to leave out
-    min_chars: int = 200         # pages with less text are link lists or stubs
+    min_chars: int = 200         # documents with less text are link lists or stubs
 
 
 # What is left out of python3.11-doc and why:
@@ -45,9 +48,18 @@ class DebianCorpus:
 EMBEDDED = {
     "python-docs": DebianCorpus(
         package="python3.11-doc",
-        html_root="usr/share/doc/python3.11/html",
+        root="usr/share/doc/python3.11/html",
         skip=("genindex", "py-modindex.html", "search.html", "contents.html",
               "_static/", "_sources/", "_images/", "_downloads/"),
+    ),
+    # Left out of fortunes: the .dat indexes and .u8 links (not text), ascii-art (pictures) and translate-me
+    # (not English). Fortunes are short (median ~60 tokens), so no length floor beyond a few words.
+    "fortunes": DebianCorpus(
+        package="fortunes",
+        root="usr/share/games/fortunes",
+        format="fortune",
+        skip=("ascii-art", "translate-me"),
+        min_chars=20,
     ),
 }
 
@@ -81,12 +93,13 @@ def build_corpus(name: str, target: Path) -> dict:
         deb = _apt_download(spec.package, tmp)
         package, version = _deb_fields(deb, "Package", "Version")
         _run(["dpkg-deb", "-x", str(deb), str(tmp / "root")], f"dpkg-deb -x {deb.name}")
-        documents = list(_html_documents(tmp / "root" / spec.html_root, spec))
+        read = _html_documents if spec.format == "html" else _fortune_documents
+        documents = list(read(tmp / "root" / spec.root, spec))
         if not documents:
-            raise MinitronError(f"{deb.name}: no HTML pages under {spec.html_root}; {_FALLBACK_HINT}")
+            raise MinitronError(f"{deb.name}: no {spec.format} documents under {spec.root}; {_FALLBACK_HINT}")
         source = {"corpus": name, "package": package, "version": version, "deb": deb.name,
                   "documents": len(documents), "characters": sum(len(d["text"]) for d in documents),
-                  "html_root": spec.html_root, "skipped": list(spec.skip), "min_chars": spec.min_chars}
+                  "root": spec.root, "format": spec.format, "skipped": list(spec.skip), "min_chars": spec.min_chars}
         _write_corpus(target, documents, source)
     return source
 
@@ -136,6 +149,18 @@ def _html_documents(root: Path, spec: DebianCorpus):
         text = html_to_text(page.read_text(encoding="utf-8", errors="replace"))
         if len(text) >= spec.min_chars:
             yield {"id": page.relative_to(root).as_posix(), "text": text}
+
+
+def _fortune_documents(root: Path, spec: DebianCorpus):
+    """{"id": "<file>/<n>", "text"} for every entry of every fortune file (entries end at a line "%")."""
+    files = sorted(p for p in root.iterdir() if p.is_file() and not p.is_symlink() and not p.suffix
+                   and not _skipped(p.name, spec))
+    for path in files:
+        entries = re.split(r"^%\n", path.read_text(encoding="utf-8", errors="replace"), flags=re.MULTILINE)
+        for n, entry in enumerate(entries):
+            text = entry.strip("\n")
+            if len(text.strip()) >= spec.min_chars:
+                yield {"id": f"{path.name}/{n}", "text": text}
 
 
 def _skipped(rel: str, spec: DebianCorpus) -> bool:
