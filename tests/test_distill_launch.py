@@ -69,7 +69,9 @@ def test_distill_under_external_torchrun_equals_nproc_launch(tiny_hf, tmp_path):
     report = run_minitron("report", "--config", str(recipe), "--output", str(tmp_path / "a"))
     assert report.returncode == 0, report.stderr[-2000:]
     listed = ", ".join(f"{s.split('.')[-1]} -> {t.split('.')[-1]} (cosine)" for s, t, _ in pairs)
-    assert f"* distill-depth: {listed}" in (tmp_path / "a/tiny/report/report.md").read_text()
+    text = (tmp_path / "a/tiny/report/report.md").read_text()
+    assert f"* distill-depth: {listed}" in text
+    assert "| with distill-width |" in text  # the shared-teacher student's time is in the width stage's
     # Model Optimizer scales the hidden-state loss to the logit KL's size: the depth student's loss is twice its KL
     for root in "abc":
         for student, factor in (("width", 1), ("depth", 2)):

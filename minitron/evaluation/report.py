@@ -169,7 +169,8 @@ def _training_table(stages: dict) -> list[str]:
         val = s.get("validation") or {}
         rows.append([name, s.get("teacher_model") or DASH, s["steps"], _fmt(s["tokens"]),
                      (s.get("precision") or {}).get("precision", DASH),
-                     _fmt(s.get("seconds_this_run"), 0),
+                     # a student trained beside another (distill.share_teacher): its time is in that stage's
+                     f"with {s['trained_with']}" if s.get("trained_with") else _fmt(s.get("seconds_this_run"), 0),
                      _fmt(s.get("tokens_per_second"), 0), _fmt(s.get("pruned_validation_loss"), 4),
                      _fmt(val.get("lm_loss"), 4), _fmt(s.get("teacher_validation_loss"), 4),
                      _fmt(val.get("kd_loss"), 4)])
