@@ -108,9 +108,10 @@ def train_arms(recipe, folder, cfg, out: Path, arms: tuple[str, ...] = DEFAULT_A
         if "kd" in arms and folder.done(stage) and cfg == recipe.distill.train_config():
             outputs[(s, "kd")] = folder.stage_dir(stage)
     teacher = folder.teacher_nemo()
-    groups = ((teacher, ("kd", "kd-unrepaired"), recipe.data), (None, ("lm",), recipe.data))
+    groups = [(teacher, ("kd", "kd-unrepaired"), recipe.data)]
     if "kd-general" in arms:  # other data: the shared teacher forward serves one batch stream only
-        groups = (groups[0], (teacher, ("kd-general",), general_data(recipe.data, general_share)), groups[1])
+        groups.append((teacher, ("kd-general",), general_data(recipe.data, general_share)))
+    groups.append((None, ("lm",), recipe.data))
     for teacher, arms, data in groups:
         keys = [k for k in starts if k[1] in arms and not (outputs[k] / "hf").is_dir()
                 and not (outputs[k] / "nemo").is_dir()]

@@ -99,7 +99,6 @@ def test_quality_arm_config_keeps_tokens_and_schedule_shape(steps, lr, batch):
     assert cfg.eval_interval == cfg.steps // 4
 
 
-
 def test_quality_general_arm_blends_general_english_into_training_only():
     """kd-general trains on the recipe's corpus blended with embedded:fortunes; its refusal names the data."""
     from minitron.data import DataConfig
@@ -109,6 +108,7 @@ def test_quality_general_arm_blends_general_english_into_training_only():
     assert data.blend == [0.75, "embedded:python-docs", 0.25, "embedded:fortunes"] and data.seq_length == 256
     with pytest.raises(SystemExit, match="the recipe's data is /data/web"):
         bench.general_data(DataConfig(source="/data/web"), 0.25)
+
 
 def test_kd_settings_rows_change_one_setting_each():
     """bench-kd-settings: every row but the last differs from `plain` in exactly the setting it names; random

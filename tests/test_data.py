@@ -355,7 +355,6 @@ def test_blend_of_embedded_corpora_with_smollm2(smollm2_hf):
     assert blend.tokens["train"] == docs.tokens["train"] + fortunes.tokens["train"]
 
 
-
 def test_fortune_files_give_one_document_per_entry(tmp_path):
     """embedded:fortunes reads Debian's fortune files: entries end at a line `%`; indexes, links, skipped files and
     stubs are not documents."""

@@ -22,6 +22,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from minitron.data.html_text import html_to_text
 from minitron.data.publish import building
@@ -35,7 +36,7 @@ _FALLBACK_HINT = "pass data.source=<path to .txt/.jsonl/.json/.parquet or folder
 class DebianCorpus:
     package: str
     root: str                    # folder inside the package that holds the text
-    format: str = "html"         # html: one document per page; fortune: one per `%`-separated entry of a file
+    format: Literal["html", "fortune"] = "html"  # html: a document per page; fortune: per `%`-ended entry
     skip: tuple[str, ...] = ()   # prefixes of relative paths to leave out
     min_chars: int = 200         # documents with less text are link lists or stubs
 
@@ -93,8 +94,7 @@ def build_corpus(name: str, target: Path) -> dict:
         deb = _apt_download(spec.package, tmp)
         package, version = _deb_fields(deb, "Package", "Version")
         _run(["dpkg-deb", "-x", str(deb), str(tmp / "root")], f"dpkg-deb -x {deb.name}")
-        read = _html_documents if spec.format == "html" else _fortune_documents
-        documents = list(read(tmp / "root" / spec.root, spec))
+        documents = list(_READERS[spec.format](tmp / "root" / spec.root, spec))
         if not documents:
             raise MinitronError(f"{deb.name}: no {spec.format} documents under {spec.root}; {_FALLBACK_HINT}")
         source = {"corpus": name, "package": package, "version": version, "deb": deb.name,
@@ -161,6 +161,9 @@ def _fortune_documents(root: Path, spec: DebianCorpus):
             text = entry.strip("\n")
             if len(text.strip()) >= spec.min_chars:
                 yield {"id": f"{path.name}/{n}", "text": text}
+
+
+_READERS = {"html": _html_documents, "fortune": _fortune_documents}
 
 
 def _skipped(rel: str, spec: DebianCorpus) -> bool:

@@ -97,15 +97,14 @@ def load_blend(data_cfg: DataConfig, tokenizer_dir: Path) -> PreparedData:
     """``data.blend: [w1, dir1, ...]``: prepared folders sampled for training in proportion to the weights
     (Megatron's BlendedDataset); validation and test take every folder's held-out split as it is."""
     weights = [float(w) for w in data_cfg.blend[0::2]]
-    missing = [p for p in data_cfg.blend[1::2]
-               if not p.startswith("embedded:") and not (Path(p).expanduser() / SUMMARY).is_file()]
+    # An embedded corpus is prepared (or found in the cache) as data.source would be, with this recipe's split.
+    embedded = {p for p in data_cfg.blend[1::2] if p.startswith("embedded:")}
+    missing = [p for p in data_cfg.blend[1::2] if p not in embedded and not (Path(p).expanduser() / SUMMARY).is_file()]
     if missing:
         raise MinitronError(f"data.blend: {', '.join(missing)}: not prepared datasets (no {SUMMARY}); write each "
                             "with `minitron data prepare --config <recipe> data.source=<its text> --output <dir>`")
-    # An embedded corpus is prepared (or found in the cache) as data.source would be, with this recipe's split.
-    parts = [prepare(dataclasses.replace(data_cfg, source=path, blend=[]), tokenizer_dir)
-             if path.startswith("embedded:") else PreparedData.load(Path(path).expanduser(), tokenizer_dir)
-             for path in data_cfg.blend[1::2]]
+    parts = [prepare(dataclasses.replace(data_cfg, source=path, blend=[]), tokenizer_dir) if path in embedded
+             else PreparedData.load(Path(path).expanduser(), tokenizer_dir) for path in data_cfg.blend[1::2]]
     expected = tokenizer_hash(tokenizer_dir)
     for path, part in zip(data_cfg.blend[1::2], parts):
         if part.info.get("tokenizer_sha256") != expected:
