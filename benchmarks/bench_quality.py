@@ -91,6 +91,7 @@ def train_arms(recipe, folder, cfg, out: Path, arms: tuple[str, ...] = DEFAULT_A
                general_share: float = 0.25) -> dict[tuple[str, str], Path]:
     """The KD arms on the recipe's data in one group (one teacher forward serves them), then the KD arms on the
     blend with general English, then the LM arms; (student, arm) -> folder."""
+    from minitron import config
     from minitron.run_folder import stage_name
     from minitron.stages.training import distill_config
     from minitron.training.loop import TrainJob, train_together
@@ -104,9 +105,8 @@ def train_arms(recipe, folder, cfg, out: Path, arms: tuple[str, ...] = DEFAULT_A
     starts |= {(s, "kd-unrepaired"): unrepaired_nemo(folder, s, out) for s in students if "kd-unrepaired" in arms}
     outputs = {key: out / f"{key[0]}-{key[1]}" for key in starts}
     for s in students:  # the recipe's own distillation is the kd arm when it ran with this training config
-        stage = stage_name("distill", s)
-        if "kd" in arms and folder.done(stage) and cfg == recipe.distill.train_config():
-            outputs[(s, "kd")] = folder.stage_dir(stage)
+        if "kd" in arms and trained_with(folder, stage_name("distill", s)) == config.to_dict(kd_cfg[s]):
+            outputs[(s, "kd")] = folder.stage_dir(stage_name("distill", s))
     teacher = folder.teacher_nemo()
     groups = [(teacher, ("kd", "kd-unrepaired"), recipe.data)]
     if "kd-general" in arms:  # other data: the shared teacher forward serves one batch stream only
@@ -124,6 +124,12 @@ def train_arms(recipe, folder, cfg, out: Path, arms: tuple[str, ...] = DEFAULT_A
         for key, result in zip(keys, results):
             (outputs[key] / "result.json").write_text(json.dumps(result, default=str) + "\n")
     return outputs
+
+
+def trained_with(folder, stage: str) -> dict | None:
+    """The training config a finished distill stage ran with (its summary's `train`); None if not run or not
+    recorded. The recipe's config is not evidence: `--set` overrides change it after the stage ran."""
+    return folder.summary(stage).get("train") if folder.done(stage) else None
 
 
 def curve(output: Path, tokens_per_step: int) -> list[tuple[int, float]]:
@@ -186,7 +192,7 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=None, help="training steps per arm (default: the recipe's "
-                        "distill steps; e.g. 500 for 1M tokens)")
+                        "distill steps; e.g. 2000 for 1M tokens at 2 x 256 per step)")
     parser.add_argument("--output", type=Path, default=None, help="folder for the arms and the results")
     parser.add_argument("--students", nargs="+", default=None, help="only these of the recipe's distilled students")
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(DEFAULT_ARMS), help="which arms to train")
@@ -227,7 +233,8 @@ def main() -> None:
     print("scoring (test split and out-of-domain text):", flush=True)
     scores = score(recipe, models, out)
     teacher = scores["teacher-corrected"]
-    print(f"\n{cfg.steps} steps x {tokens_per_step} tokens per arm, peak LR {cfg.lr:g}; "
+    print(f"\n{cfg.steps} steps x {tokens_per_step} tokens per arm, peak LR {cfg.lr:g}, min LR {cfg.min_lr:g}"
+          + (f", recipe overrides {' '.join(args.set)}" if args.set else "") + "; "
           "× = perplexity / teacher-corrected; "
           "gap = share of the pruned student's log-perplexity gap closed")
     header = f"{'model':<26}{'test ppl':>10}{'×':>7}{'gap':>8}{'OOD ppl':>10}{'×':>7}{'gap':>8}"
@@ -251,7 +258,7 @@ def main() -> None:
     teacher_loss = next((r["teacher_validation_loss"] for r in saved if r.get("teacher_validation_loss")), None)
     plot(curves, math.exp(teacher_loss) if teacher_loss else None, out / "bench_quality.png")
     (out / "bench_quality.json").write_text(json.dumps(
-        {"steps": cfg.steps, "lr": cfg.lr, "tokens_per_step": tokens_per_step, "ood_texts": [str(p) for p in OOD_TEXTS],
+        {"steps": cfg.steps, "lr": cfg.lr, "min_lr": cfg.min_lr, "overrides": args.set, "tokens_per_step": tokens_per_step, "ood_texts": [str(p) for p in OOD_TEXTS],
          "general_text": GENERAL_TEXT if "kd-general" in args.arms else None, "general_share": args.general_share,
          "scores": rows, "curves": {f"{s}-{a}": c for (s, a), c in curves.items()},
          "seconds": round(time.perf_counter() - start, 1)}, indent=2) + "\n")

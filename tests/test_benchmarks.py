@@ -134,3 +134,24 @@ def test_kd_settings_rows_change_one_setting_each():
     got = bench.random_windows(stream, 5, 257, seed=3)
     assert [w.tolist() for w in got] == [w.tolist() for w in bench.random_windows(stream, 5, 257, seed=3)]
     assert all(len(w) == 257 and torch.equal(w, torch.arange(int(w[0]), int(w[0]) + 257)) for w in got)
+
+
+def test_quality_reuses_a_distill_stage_only_when_it_trained_with_the_arms_config(tmp_path):
+    """bench-quality's kd arm is the run's own distill stage only when that stage's summary records the very config
+    the arm would train with: a `--set distill.overrides=[...]` study must not score the recipe's run as its arm."""
+    from minitron import config
+    from minitron.recipe import load_recipe
+    from minitron.run_folder import RunFolder
+    from minitron.training.config import TrainConfig
+
+    bench = _load("bench_quality")
+    folder = RunFolder(load_recipe(None, [f"output_root={tmp_path}"]))
+    assert bench.trained_with(folder, "distill-width") is None  # not run
+    stage = folder.stage_dir("distill-width")
+    stage.mkdir(parents=True)
+    (stage / "summary.json").write_text(json.dumps({"nemo": "nemo"}))
+    assert bench.trained_with(folder, "distill-width") is None  # run before summaries recorded their config
+    ran = TrainConfig(steps=400, lr=1e-3, min_lr=1e-4)
+    (stage / "summary.json").write_text(json.dumps({"nemo": "nemo", "train": config.to_dict(ran)}))
+    assert bench.trained_with(folder, "distill-width") == config.to_dict(ran)
+    assert bench.trained_with(folder, "distill-width") != config.to_dict(dataclasses.replace(ran, min_lr=0.0))

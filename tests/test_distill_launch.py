@@ -66,6 +66,10 @@ def test_distill_under_external_torchrun_equals_nproc_launch(tiny_hf, tmp_path):
     assert pairs and all(stage_summary(tmp_path / root / "tiny/distill-depth")["intermediate_pairs"] == pairs
                          for root in "abc")
     assert "intermediate_pairs" not in stage_summary(tmp_path / "a/tiny/distill-width")
+    # each summary records the training config the stage ran with (what bench-quality checks before reusing it)
+    trained = stage_summary(tmp_path / "a/tiny/distill-depth")["train"]
+    assert trained["steps"] == 3 and trained["kd"]["intermediate_pairs"] == pairs
+    assert stage_summary(tmp_path / "a/tiny/distill-width")["train"]["kd"]["intermediate_pairs"] == []
     report = run_minitron("report", "--config", str(recipe), "--output", str(tmp_path / "a"))
     assert report.returncode == 0, report.stderr[-2000:]
     listed = ", ".join(f"{s.split('.')[-1]} -> {t.split('.')[-1]} (cosine)" for s, t, _ in pairs)

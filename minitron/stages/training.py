@@ -171,7 +171,7 @@ def train_stage(folder: RunFolder, stage: str, out: Path, trained: tuple[dict, f
                "first_loss": last[steps[0]]["loss"], "final_loss": last[steps[-1]]["loss"],
                "tokens_per_second": sum(m["tokens_per_second"] for m in last.values()) / len(last),
                "checkpoints": str(work / "checkpoints"), "export_seconds": export["seconds"],
-               "precision": result["precision"]}
+               "precision": result["precision"], "train": config.to_dict(job.train)}
     if job.train.kd.intermediate_pairs:
         summary["intermediate_pairs"] = job.train.kd.intermediate_pairs
     summary |= cpu_budget.summary_fields(folder.recipe, stage_kind(stage))
