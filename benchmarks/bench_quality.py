@@ -104,9 +104,10 @@ def train_arms(recipe, folder, cfg, out: Path, arms: tuple[str, ...] = DEFAULT_A
     starts |= {(s, "lm"): repaired[s] for s in students if "lm" in arms}
     starts |= {(s, "kd-unrepaired"): unrepaired_nemo(folder, s, out) for s in students if "kd-unrepaired" in arms}
     outputs = {key: out / f"{key[0]}-{key[1]}" for key in starts}
-    for s in students:  # the recipe's own distillation is the kd arm when it ran with this training config
-        if "kd" in arms and trained_with(folder, stage_name("distill", s)) == config.to_dict(kd_cfg[s]):
-            outputs[(s, "kd")] = folder.stage_dir(stage_name("distill", s))
+    for s, stage in ((s, stage_name("distill", s)) for s in students):
+        # the recipe's own distillation is the kd arm when it ran with this arm's training config
+        if "kd" in arms and trained_with(folder, stage) == config.to_dict(kd_cfg[s]):
+            outputs[(s, "kd")] = folder.stage_dir(stage)
     teacher = folder.teacher_nemo()
     groups = [(teacher, ("kd", "kd-unrepaired"), recipe.data)]
     if "kd-general" in arms:  # other data: the shared teacher forward serves one batch stream only
@@ -258,7 +259,8 @@ def main() -> None:
     teacher_loss = next((r["teacher_validation_loss"] for r in saved if r.get("teacher_validation_loss")), None)
     plot(curves, math.exp(teacher_loss) if teacher_loss else None, out / "bench_quality.png")
     (out / "bench_quality.json").write_text(json.dumps(
-        {"steps": cfg.steps, "lr": cfg.lr, "min_lr": cfg.min_lr, "overrides": args.set, "tokens_per_step": tokens_per_step, "ood_texts": [str(p) for p in OOD_TEXTS],
+        {"steps": cfg.steps, "lr": cfg.lr, "min_lr": cfg.min_lr, "overrides": args.set,
+         "tokens_per_step": tokens_per_step, "ood_texts": [str(p) for p in OOD_TEXTS],
          "general_text": GENERAL_TEXT if "kd-general" in args.arms else None, "general_share": args.general_share,
          "scores": rows, "curves": {f"{s}-{a}": c for (s, a), c in curves.items()},
          "seconds": round(time.perf_counter() - start, 1)}, indent=2) + "\n")
