@@ -230,6 +230,27 @@ def test_students_sharing_a_teacher_forward_train_as_if_alone(models, tmp_path, 
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_students_without_a_teacher_train_one_after_another_as_if_alone(models, tmp_path):
+    """train_together of LM-loss jobs (make bench-quality's lm arm with both students): no teacher forward to
+    share, so they train one by one, each with the losses and validation of training it alone."""
+    from minitron.training.loop import train_together
+
+    hf_to_nemo(write_tiny_llama(tmp_path / "second_hf", seed=9, intermediate_size=48, num_hidden_layers=3),
+               tmp_path / "second")
+    kw = dict(steps=4, eval_interval=2, save_interval=2)
+    jobs = [make_job(models, tmp_path / f"together_{s}", teacher=False, **kw) for s in "ab"]
+    alone = [make_job(models, tmp_path / f"alone_{s}", teacher=False, **kw) for s in "ab"]
+    jobs[1].student = alone[1].student = str(tmp_path / "second")
+    together = train_together(jobs)
+    for pair, job, solo in zip(together, jobs, alone):
+        single = train(solo)
+        assert losses(Path(job.output)) == losses(Path(solo.output))
+        # json: the validation's kd_loss is NaN without a teacher, and NaN != NaN
+        assert json.dumps(pair["validation"]) == json.dumps(single["validation"])
+        assert pair["validation"]["lm_loss"] == single["validation"]["lm_loss"] > 0
+    assert losses(tmp_path / "together_a") != losses(tmp_path / "together_b")
+
+
 def test_students_trained_together_resume_together_or_one_by_one(models, tmp_path):
     """Cut short, train_together resumes both students from their common checkpoint; if one student's newest
     checkpoint is missing (killed between the two saves), they resume one by one; the curves are unchanged."""

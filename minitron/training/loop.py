@@ -235,7 +235,8 @@ class _Student:
 
 
 def train_together(jobs: list[TrainJob]) -> list[dict]:
-    """Train `jobs` step by step side by side; with a teacher, one teacher forward serves them all.
+    """Train `jobs` step by step side by side; with a teacher, one teacher forward serves them all (without
+    one, LM loss only, they train one after another).
 
     The jobs share teacher, data, training settings and layout (the recipe's students distilled from
     one teacher); each keeps its own hidden-state pairs (`kd.intermediate_pairs`). Each micro-batch's teacher logits are computed once, while the first student trains
@@ -243,6 +244,9 @@ def train_together(jobs: list[TrainJob]) -> list[dict]:
     Each student keeps its own checkpoints, metrics and export, exactly as when trained alone.
     """
     _check_together(jobs)
+    if len(jobs) > 1 and jobs[0].teacher is None:
+        # LM-loss training (no teacher): no forward to share, so side by side would only hold n models at once
+        return [train_together([j])[0] for j in jobs]
     if len({_resume_step(j) for j in jobs}) > 1:
         # Killed between two students' checkpoints of the same step: they cannot run in step; one by one.
         return [train_together([j])[0] for j in jobs]
@@ -313,7 +317,7 @@ def _check_together(jobs: list[TrainJob]) -> None:
 
     for job in jobs[1:]:
         same = shared_settings(job) == shared_settings(first)
-        if not same or not job.teacher:
+        if not same:
             raise MinitronError(f"{job.output}: students trained together need one teacher, data, training settings "
                                 f"and layout (distill them separately: distill.share_teacher=false)")
     if len(jobs) > 1 and first.pipeline_parallel > 1:
